@@ -1,0 +1,376 @@
+//! mxguard's XDP program: drop TCP SYNs to protected ports unless the source is allowlisted.
+//!
+//! The rule is written down, case by case, in `docs/verdict-rule.md`; this file implements it
+//! and the userspace reference classifier (`filter_user::reference`) implements it again,
+//! independently. Nothing here logs per packet: every frame bumps exactly one per-CPU counter row.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use filter_common::{
+    ALLOWLIST_CAPACITY, Action, AllowEntry, Config, Family, FamilyCounters, MAX_IPV6_EXT_HEADERS,
+    PORT_PROTECTED, PORT_SLOTS, PortFlag,
+};
+
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+
+#[map(name = "PORTS")]
+static PORTS: Array<PortFlag> = Array::with_max_entries(PORT_SLOTS, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<FamilyCounters> = PerCpuArray::with_max_entries(Family::COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+/// Bytes of TCP header needed to judge a segment: ports (0..4) up to the flags byte (13).
+const TCP_JUDGE_LEN: usize = 14;
+/// Bytes of TCP header holding the destination port.
+const TCP_PORTS_LEN: usize = 4;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// How the frame was judged; decides both the XDP action and the counter bumped.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Not a protected SYN: pass untouched.
+    Pass,
+    /// Impossible header: pass, the kernel discards it.
+    Malformed,
+    /// Protected SYN from an allowlisted source.
+    SynAllowed,
+    /// Protected SYN from any other source.
+    SynDenied,
+    /// A fragment or header chain that could hide a SYN, from a source not allowlisted.
+    EvasiveDenied,
+}
+
+/// Where the frame sits in a fragmented datagram, as far as the judgement cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fragment {
+    /// Not fragmented (or an IPv6 atomic fragment).
+    Whole,
+    /// Offset 0 with more fragments to come: its transport header may be cut short.
+    First,
+    /// Offset 1 (8 bytes): can only serve to overwrite a TCP header (RFC 1858).
+    OffsetOne,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// Bounds of the frame; every read is checked against `end` (the verifier insists).
+struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    /// Copies `N` bytes at `offset`, or `None` if the frame is shorter.
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if self.start + offset + N > self.end {
+            return None;
+        }
+        // SAFETY: the N bytes at start+offset lie inside [data, data_end), checked just above.
+        Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// Bytes between `offset` and the end of the frame.
+    #[inline(always)]
+    fn len_from(&self, offset: usize) -> usize {
+        (self.end - self.start).saturating_sub(offset)
+    }
+}
+
+#[inline(always)]
+fn be16(hi: u8, lo: u8) -> u16 {
+    u16::from_be_bytes([hi, lo])
+}
+
+#[xdp]
+pub fn mxguard(ctx: XdpContext) -> u32 {
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let (family, outcome) = classify(&frame);
+    let deny = matches!(outcome, Outcome::SynDenied | Outcome::EvasiveDenied);
+    let monitor = deny && action() == Action::Monitor;
+    count(family, outcome, monitor);
+    if deny && !monitor {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The configured action; read only on the deny path, so passing frames never pay for it.
+#[inline(always)]
+fn action() -> Action {
+    match CONFIG.get(0) {
+        Some(config) => Action::from_raw(config.action),
+        None => Action::Drop,
+    }
+}
+
+#[inline(always)]
+fn count(family: Family, outcome: Outcome, monitor: bool) {
+    let Some(row) = COUNTERS.get_ptr_mut(family as u32) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot for this CPU; XDP runs with preemption off, so no one else
+    // writes it concurrently.
+    let row = unsafe { &mut *row };
+    row.frames += 1;
+    match outcome {
+        Outcome::Pass => {}
+        Outcome::Malformed => row.malformed += 1,
+        Outcome::SynAllowed => row.syn_allowed += 1,
+        _ if monitor => row.syn_would_drop += 1,
+        Outcome::SynDenied => row.syn_dropped += 1,
+        Outcome::EvasiveDenied => row.evasive_dropped += 1,
+    }
+}
+
+#[inline(always)]
+fn classify(frame: &Frame) -> (Family, Outcome) {
+    let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
+        return (Family::Other, Outcome::Malformed);
+    };
+    let mut ethertype = be16(eth[12], eth[13]);
+    let mut offset = ETH_HLEN;
+    // Up to two VLAN tags (802.1Q or 802.1ad, in any order); a third leaves a VLAN ethertype,
+    // which is not IP and passes.
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let Some(tag) = frame.bytes::<4>(offset) else {
+                return (Family::Other, Outcome::Malformed);
+            };
+            ethertype = be16(tag[2], tag[3]);
+            offset += 4;
+        }
+    }
+    match ethertype {
+        ETH_P_IPV4 => (Family::Ipv4, classify_ipv4(frame, offset)),
+        ETH_P_IPV6 => (Family::Ipv6, classify_ipv6(frame, offset)),
+        _ => (Family::Other, Outcome::Pass),
+    }
+}
+
+#[inline(always)]
+fn classify_ipv4(frame: &Frame, offset: usize) -> Outcome {
+    let Some(ip) = frame.bytes::<20>(offset) else {
+        return Outcome::Malformed;
+    };
+    let header_len = ((ip[0] & 0x0f) as usize) * 4;
+    if ip[0] >> 4 != 4 || header_len < 20 {
+        return Outcome::Malformed;
+    }
+    // The kernel trims the frame to the IP total length, so that bounds the transport bytes.
+    let total_len = be16(ip[2], ip[3]) as usize;
+    if total_len < header_len || total_len > frame.len_from(offset) {
+        return Outcome::Malformed;
+    }
+    if ip[9] != IPPROTO_TCP {
+        return Outcome::Pass;
+    }
+    let flags_offset = be16(ip[6], ip[7]);
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let fragment_offset = flags_offset & 0x1fff;
+    let fragment = match fragment_offset {
+        0 if more_fragments => Fragment::First,
+        0 => Fragment::Whole,
+        1 => Fragment::OffsetOne,
+        // A later fragment carries no TCP header; reassembly rejects overlaps.
+        _ => return Outcome::Pass,
+    };
+    let source = Source::V4([ip[12], ip[13], ip[14], ip[15]]);
+    judge_tcp(
+        frame,
+        offset + header_len,
+        total_len - header_len,
+        fragment,
+        source,
+    )
+}
+
+#[inline(always)]
+fn classify_ipv6(frame: &Frame, offset: usize) -> Outcome {
+    let Some(ip) = frame.bytes::<40>(offset) else {
+        return Outcome::Malformed;
+    };
+    if ip[0] >> 4 != 6 {
+        return Outcome::Malformed;
+    }
+    let payload_len = be16(ip[4], ip[5]) as usize;
+    if 40 + payload_len > frame.len_from(offset) {
+        return Outcome::Malformed;
+    }
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&ip[8..24]);
+    let source = Source::V6(source);
+
+    let payload_end = offset + 40 + payload_len;
+    let mut next_header = ip[6];
+    let mut cursor = offset + 40;
+    let mut fragment = Fragment::Whole;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let header_len = match next_header {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AH | IPV6_FRAGMENT => {
+                let Some(ext) = frame.bytes::<4>(cursor) else {
+                    return truncated_chain(fragment, source);
+                };
+                if cursor + 4 > payload_end {
+                    return truncated_chain(fragment, source);
+                }
+                let header_len = match next_header {
+                    IPV6_FRAGMENT => {
+                        let fragment_offset = be16(ext[2], ext[3]) >> 3;
+                        let more_fragments = ext[3] & 1 != 0;
+                        fragment = match fragment_offset {
+                            0 if more_fragments => Fragment::First,
+                            0 => Fragment::Whole,
+                            1 if ext[0] == IPPROTO_TCP => Fragment::OffsetOne,
+                            _ => return Outcome::Pass,
+                        };
+                        8
+                    }
+                    IPV6_AH => (ext[1] as usize + 2) * 4,
+                    _ => (ext[1] as usize + 1) * 8,
+                };
+                next_header = ext[0];
+                header_len
+            }
+            _ => break,
+        };
+        if fragment == Fragment::OffsetOne {
+            return judge_tcp(frame, cursor, 0, fragment, source);
+        }
+        cursor += header_len;
+        if cursor > payload_end {
+            return truncated_chain(fragment, source);
+        }
+    }
+    match next_header {
+        IPPROTO_TCP => judge_tcp(frame, cursor, payload_end - cursor, fragment, source),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AH | IPV6_FRAGMENT => {
+            // Longer chain than we walk: the kernel would still find the TCP header.
+            deny_unless_allowlisted(source, Outcome::EvasiveDenied)
+        }
+        _ => Outcome::Pass,
+    }
+}
+
+/// The header chain ends before its last header does. In a first fragment the rest may come in
+/// the next one (RFC 7112 forbids it, attackers do it anyway); elsewhere the kernel drops it.
+#[inline(always)]
+fn truncated_chain(fragment: Fragment, source: Source) -> Outcome {
+    if fragment == Fragment::First {
+        deny_unless_allowlisted(source, Outcome::EvasiveDenied)
+    } else {
+        Outcome::Malformed
+    }
+}
+
+/// Judges a TCP segment whose header starts at `offset`, with `len` transport bytes in this frame
+/// (already known to lie inside the frame).
+#[inline(always)]
+fn judge_tcp(frame: &Frame, offset: usize, len: usize, fragment: Fragment, source: Source) -> Outcome {
+    if fragment == Fragment::OffsetOne {
+        return deny_unless_allowlisted(source, Outcome::EvasiveDenied);
+    }
+    if len >= TCP_JUDGE_LEN {
+        let Some(tcp) = frame.bytes::<TCP_JUDGE_LEN>(offset) else {
+            return Outcome::Malformed;
+        };
+        let flags = tcp[13];
+        if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+            return Outcome::Pass;
+        }
+        if !port_protected(be16(tcp[2], tcp[3])) {
+            return Outcome::Pass;
+        }
+        return deny_unless_allowlisted(source, Outcome::SynDenied);
+    }
+    if fragment != Fragment::First {
+        // A whole segment too short for a TCP header: the kernel discards it.
+        return Outcome::Malformed;
+    }
+    // Tiny first fragment (RFC 1858): the flags come in a later fragment. Let it through only
+    // when the port is readable and not protected, or the source is allowlisted.
+    if len >= TCP_PORTS_LEN {
+        if let Some(ports) = frame.bytes::<TCP_PORTS_LEN>(offset) {
+            if !port_protected(be16(ports[2], ports[3])) {
+                return Outcome::Pass;
+            }
+        }
+    }
+    deny_unless_allowlisted(source, Outcome::EvasiveDenied)
+}
+
+#[inline(always)]
+fn port_protected(port: u16) -> bool {
+    matches!(PORTS.get(port as u32), Some(&PORT_PROTECTED))
+}
+
+#[inline(always)]
+fn deny_unless_allowlisted(source: Source, denied: Outcome) -> Outcome {
+    if allowlisted(source) {
+        Outcome::SynAllowed
+    } else {
+        denied
+    }
+}
+
+#[inline(always)]
+fn allowlisted(source: Source) -> bool {
+    match source {
+        Source::V4(address) => ALLOW_V4.get(Key::new(32, address)).is_some(),
+        Source::V6(address) => {
+            // ::ffff:a.b.c.d is an IPv4 host: judge it by the IPv4 list.
+            let mapped = address[..10].iter().all(|b| *b == 0) && address[10] == 0xff && address[11] == 0xff;
+            if mapped {
+                let v4 = [address[12], address[13], address[14], address[15]];
+                ALLOW_V4.get(Key::new(32, v4)).is_some()
+            } else {
+                ALLOW_V6.get(Key::new(128, address)).is_some()
+            }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
