@@ -6,15 +6,23 @@ use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.parent().context("filter-user has no parent directory")?;
+    let workspace = manifest_dir
+        .parent()
+        .context("filter-user has no parent directory")?;
     let tools_bin = workspace.join(".tools/bin");
-    println!("cargo:rerun-if-changed={}", tools_bin.join("bpf-linker").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tools_bin.join("bpf-linker").display()
+    );
 
     let path = env::var_os("PATH").unwrap_or_default();
     let on_path = env::split_paths(&path).any(|dir| dir.join("bpf-linker").is_file());
     if !on_path {
         if !tools_bin.join("bpf-linker").is_file() {
-            bail!("bpf-linker not found on PATH nor in {}: run `cargo xtask setup` first", tools_bin.display());
+            bail!(
+                "bpf-linker not found on PATH nor in {}: run `cargo xtask setup` first",
+                tools_bin.display()
+            );
         }
         let mut dirs = vec![tools_bin];
         dirs.extend(env::split_paths(&path));
@@ -26,7 +34,11 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = workspace.join("filter-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 workspace path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "filter-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "filter-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -301,7 +301,13 @@ fn truncated_chain(fragment: Fragment, source: Source) -> Outcome {
 /// Judges a TCP segment whose header starts at `offset`, with `len` transport bytes in this frame
 /// (already known to lie inside the frame).
 #[inline(always)]
-fn judge_tcp(frame: &Frame, offset: usize, len: usize, fragment: Fragment, source: Source) -> Outcome {
+fn judge_tcp(
+    frame: &Frame,
+    offset: usize,
+    len: usize,
+    fragment: Fragment,
+    source: Source,
+) -> Outcome {
     if fragment == Fragment::OffsetOne {
         return deny_unless_allowlisted(source, Outcome::EvasiveDenied);
     }
@@ -354,7 +360,8 @@ fn allowlisted(source: Source) -> bool {
         Source::V4(address) => ALLOW_V4.get(Key::new(32, address)).is_some(),
         Source::V6(address) => {
             // ::ffff:a.b.c.d is an IPv4 host: judge it by the IPv4 list.
-            let mapped = address[..10].iter().all(|b| *b == 0) && address[10] == 0xff && address[11] == 0xff;
+            let mapped =
+                address[..10].iter().all(|b| *b == 0) && address[10] == 0xff && address[11] == 0xff;
             if mapped {
                 let v4 = [address[12], address[13], address[14], address[15]];
                 ALLOW_V4.get(Key::new(32, v4)).is_some()

@@ -1,7 +1,35 @@
-fn main() -> anyhow::Result<()> {
-    let mut ebpf = aya::Ebpf::load(filter_user::BPF_OBJECT)?;
-    let prog: &mut aya::programs::Xdp = ebpf.program_mut("mxguard").unwrap().try_into()?;
-    prog.load()?;
-    println!("loaded");
-    Ok(())
+//! The `mxguard` binary: parse the command line, validate it, run.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use filter_user::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mxguard: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let plan = args.plan()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(filter_user::daemon::run(plan))
+        }
+    }
 }

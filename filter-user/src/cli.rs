@@ -1,0 +1,258 @@
+//! Command-line interface of `mxguard`, and its validation into a [`RunPlan`].
+
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    cidr::{Cidr, parse_allow_file},
+    filter::{AttachMode, interface_index},
+};
+
+/// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
+#[derive(Debug, Parser)]
+#[command(name = "mxguard", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the filter to interfaces and keep it running in the foreground until SIGINT or
+    /// SIGTERM, then detach.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to protect (repeatable). The filter sees frames arriving on it.
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// TCP port whose incoming SYNs are filtered (repeatable, or comma-separated). Default: 25.
+    /// Other ports, such as 587 or 22, are never touched.
+    #[arg(
+        long = "port",
+        value_name = "PORT",
+        value_delimiter = ',',
+        num_args = 1
+    )]
+    pub ports: Vec<String>,
+
+    /// Source prefix allowed to open connections to the protected ports (repeatable): an
+    /// IPv4 or IPv6 address, or ADDR/LEN. IPv4-mapped IPv6 sources match IPv4 prefixes.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<String>,
+
+    /// File of allowed prefixes (repeatable): one address or CIDR per line, `#` comments.
+    #[arg(long = "allow-file", value_name = "PATH")]
+    pub allow_files: Vec<PathBuf>,
+
+    /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: AttachMode,
+
+    /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+/// Everything `run` needs, validated: nothing is loaded or attached before this exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunPlan {
+    pub ifaces: Vec<String>,
+    pub ports: BTreeSet<u16>,
+    pub allow: BTreeSet<Cidr>,
+    pub mode: AttachMode,
+    pub stats_interval: Duration,
+}
+
+impl RunArgs {
+    /// Validates every argument and reads the allow files. Any error names the bad input.
+    pub fn plan(&self) -> anyhow::Result<RunPlan> {
+        let mut ifaces = Vec::new();
+        for iface in &self.ifaces {
+            interface_index(iface)?;
+            if ifaces.contains(iface) {
+                bail!("interface {iface:?} given twice");
+            }
+            ifaces.push(iface.clone());
+        }
+
+        let ports = if self.ports.is_empty() {
+            BTreeSet::from([25])
+        } else {
+            let mut ports = BTreeSet::new();
+            for text in &self.ports {
+                ports.insert(parse_port(text)?);
+            }
+            ports
+        };
+
+        let mut allow = BTreeSet::new();
+        for text in &self.allow {
+            allow.insert(text.parse::<Cidr>()?);
+        }
+        for path in &self.allow_files {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read allow file {}", path.display()))?;
+            allow.extend(parse_allow_file(&text, &path.display().to_string())?);
+        }
+
+        Ok(RunPlan {
+            ifaces,
+            ports,
+            allow,
+            mode: self.mode,
+            stats_interval: self.stats_interval,
+        })
+    }
+}
+
+/// A TCP port from 1 to 65535.
+pub fn parse_port(text: &str) -> anyhow::Result<u16> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        bail!("empty port: give at least one port from 1 to 65535");
+    }
+    match trimmed.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) => bail!("port {port} is out of range: ports go from 1 to 65535"),
+        Err(_) => bail!("{trimmed:?} is not a port number (1 to 65535)"),
+    }
+}
+
+/// A duration such as `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 30s or 5m"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(value),
+        "ms" => Duration::from_millis(value),
+        "m" => Duration::from_secs(value * 60),
+        "h" => Duration::from_secs(value * 3600),
+        _ => bail!("{text:?} has an unknown unit {unit:?} (use ms, s, m or h)"),
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["mxguard", "run"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(args) => args,
+        })
+    }
+
+    fn plan_error(args: &[&str]) -> String {
+        format!(
+            "{:#}",
+            run_args(args)
+                .expect("clap accepts")
+                .plan()
+                .expect_err("plan rejects")
+        )
+    }
+
+    #[test]
+    fn good_command_line_becomes_a_plan() {
+        let plan = run_args(&[
+            "--iface",
+            "lo",
+            "--port",
+            "25",
+            "--port",
+            "2525,25",
+            "--allow",
+            "192.0.2.0/24",
+            "--allow",
+            "2001:db8::1",
+            "--mode",
+            "generic",
+            "--stats-interval",
+            "5s",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap();
+        assert_eq!(plan.ifaces, ["lo"]);
+        assert_eq!(plan.ports, BTreeSet::from([25, 2525]));
+        assert_eq!(plan.allow.len(), 2);
+        assert_eq!(plan.mode, AttachMode::Generic);
+        assert_eq!(plan.stats_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn port_defaults_to_25() {
+        let plan = run_args(&["--iface", "lo"]).unwrap().plan().unwrap();
+        assert_eq!(plan.ports, BTreeSet::from([25]));
+        assert_eq!(plan.mode, AttachMode::Auto);
+    }
+
+    #[test]
+    fn bad_ports_are_rejected() {
+        assert!(plan_error(&["--iface", "lo", "--port", "0"]).contains("port 0 is out of range"));
+        assert!(
+            plan_error(&["--iface", "lo", "--port", "65536"])
+                .contains("port 65536 is out of range")
+        );
+        assert!(plan_error(&["--iface", "lo", "--port", "smtp"]).contains("not a port number"));
+        assert!(plan_error(&["--iface", "lo", "--port", ""]).contains("empty port"));
+    }
+
+    #[test]
+    fn bad_cidr_names_the_text() {
+        assert!(
+            plan_error(&["--iface", "lo", "--allow", "192.0.2.0/40"]).contains("\"192.0.2.0/40\"")
+        );
+    }
+
+    #[test]
+    fn unknown_interface_is_rejected() {
+        assert!(
+            plan_error(&["--iface", "mxg-no-such0"]).contains("unknown interface \"mxg-no-such0\"")
+        );
+        assert!(plan_error(&["--iface", "lo", "--iface", "lo"]).contains("given twice"));
+    }
+
+    #[test]
+    fn unreadable_allow_file_is_rejected() {
+        let error = plan_error(&[
+            "--iface",
+            "lo",
+            "--allow-file",
+            "/nonexistent/mxguard-allow",
+        ]);
+        assert!(
+            error.contains("cannot read allow file /nonexistent/mxguard-allow"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn clap_rejects_missing_iface_and_bad_mode() {
+        assert!(run_args(&[]).is_err());
+        assert!(run_args(&["--iface", "lo", "--mode", "turbo"]).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
