@@ -17,6 +17,8 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of [`super::FamilyCounters`], indexed by [`super::Family`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 5] = [ALLOW_V4, ALLOW_V6, PORTS, CONFIG, COUNTERS];
 }
 
 /// Name of the XDP program function in the BPF object.

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     cidr::{Cidr, parse_allow_file},
     filter::{AttachMode, interface_index},
+    pins::DEFAULT_PIN_DIR,
 };
 
 /// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
@@ -20,9 +21,45 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the filter to interfaces and keep it running in the foreground until SIGINT or
-    /// SIGTERM, then detach.
+    /// Attach the filter to interfaces and keep its allowlist up to date, in the foreground.
+    /// The filter is pinned on bpffs: it stays attached and enforcing when the daemon stops
+    /// (unless --detach-on-exit), and a restarted daemon takes it over without a gap.
     Run(RunArgs),
+    /// Remove the pinned filter from all interfaces (or one), with its pins. Stop the daemon
+    /// first: while it runs it holds the filter.
+    Detach(DetachArgs),
+    /// Show the pinned filter: interfaces and modes, ports, action, allowlist, counters and
+    /// rates. Reads the pins, so it works while the daemon is down.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
+    /// nothing is mounted there yet).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Only this interface (default: all).
+    #[arg(long = "iface", value_name = "IF")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Counter rates are measured over this interval (`0` skips them).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub pins: PinArgs,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +94,14 @@ pub struct RunArgs {
     /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    #[command(flatten)]
+    pub pins: PinArgs,
+
+    /// Detach (and unpin) when the daemon stops, instead of leaving the filter enforcing.
+    /// For development.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 /// Everything `run` needs, validated: nothing is loaded or attached before this exists.
@@ -67,6 +112,8 @@ pub struct RunPlan {
     pub allow: BTreeSet<Cidr>,
     pub mode: AttachMode,
     pub stats_interval: Duration,
+    pub pin_dir: PathBuf,
+    pub detach_on_exit: bool,
 }
 
 impl RunArgs {
@@ -107,6 +154,8 @@ impl RunArgs {
             allow,
             mode: self.mode,
             stats_interval: self.stats_interval,
+            pin_dir: self.pins.pin_dir.clone(),
+            detach_on_exit: self.detach_on_exit,
         })
     }
 }
@@ -153,6 +202,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(args) => args,
+            _ => unreachable!("parsed a run command line"),
         })
     }
 

@@ -3,12 +3,13 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use filter_common::Family;
+use filter_common::{Action, Family};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
-    filter::{Counters, Filter},
+    filter::{AttachOutcome, Counters, Filter},
+    pins::PinDir,
 };
 
 /// Runs the filter until SIGINT or SIGTERM. Every input was validated in `plan`; a failure
@@ -17,16 +18,42 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
-    let mut filter = Filter::load()?;
-    filter.set_ports(&plan.ports, &BTreeSet::new())?;
-    filter.sync_allowlist(&plan.allow)?;
+    let pins = PinDir::new(&plan.pin_dir);
+    pins.ensure_bpffs()?;
+    // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
+    let mut filter = Filter::load_pinned(&pins)?;
+    let previous_ports = filter.ports()?;
+    // Maps are filled before any attach, so a fresh interface is never filtered with an
+    // empty allowlist, and an adopted one switches program with its data already in place.
+    filter.set_ports(&plan.ports, &previous_ports)?;
+    filter.set_action(Action::Drop)?;
+    let change = filter.sync_allowlist(&plan.allow)?;
+    for cidr in &change.added {
+        tracing::info!(%cidr, "allowlist: added");
+    }
+    for cidr in &change.removed {
+        tracing::info!(%cidr, "allowlist: removed");
+    }
     if plan.allow.is_empty() {
         tracing::warn!("the allowlist is empty: every SYN to a protected port will be dropped");
     }
-    let modes = filter.attach_all(&plan.ifaces, plan.mode)?;
-    for (iface, mode) in plan.ifaces.iter().zip(&modes) {
-        tracing::info!(iface = %iface, mode = %mode, "attached XDP filter");
+    let results = filter.attach_all_pinned(&plan.ifaces, plan.mode)?;
+    for (iface, (mode, outcome)) in plan.ifaces.iter().zip(&results) {
+        match outcome {
+            AttachOutcome::Attached => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter")
+            }
+            AttachOutcome::Adopted => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter (took over the pinned one without a gap)")
+            }
+            AttachOutcome::Upgraded { from_version } => tracing::info!(
+                iface = %iface,
+                mode = %mode,
+                "attached XDP filter (replaced pin layout v{from_version} without a gap)"
+            ),
+        }
     }
+    detach_unconfigured(&pins, &plan.ifaces);
     tracing::info!(
         ports = ?plan.ports,
         allowlist = plan.allow.len(),
@@ -52,9 +79,44 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     };
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
-    filter.detach_all();
-    tracing::info!("detached; bye");
+    if plan.detach_on_exit {
+        filter.detach_all();
+        tracing::info!("detached; bye");
+    } else {
+        tracing::info!(
+            pins = %plan.pin_dir.display(),
+            "the filter stays attached and enforcing; `mxguard detach` removes it"
+        );
+    }
     Ok(())
+}
+
+/// Interfaces pinned by an earlier run but no longer configured are detached, so the running
+/// configuration is what filters.
+fn detach_unconfigured(pins: &PinDir, ifaces: &[String]) {
+    let links = match pins.links() {
+        Ok(links) => links,
+        Err(error) => return tracing::warn!("listing pinned links failed: {error:#}"),
+    };
+    for link in links.iter().filter(|link| !ifaces.contains(&link.iface)) {
+        match std::fs::remove_file(&link.path) {
+            Ok(()) => {
+                tracing::info!(iface = %link.iface, "detached XDP filter: interface no longer configured")
+            }
+            Err(error) => tracing::warn!(iface = %link.iface, "detaching failed: {error}"),
+        }
+    }
+    for version in links
+        .iter()
+        .map(|link| link.version)
+        .collect::<BTreeSet<_>>()
+    {
+        if version != crate::pins::LAYOUT_VERSION
+            && let Err(error) = pins.remove_version_if_unused(version)
+        {
+            tracing::warn!("removing old pins failed: {error:#}");
+        }
+    }
 }
 
 fn log_counters(filter: &Filter) {

@@ -4,6 +4,8 @@ pub mod cidr;
 pub mod cli;
 pub mod daemon;
 pub mod filter;
+pub mod pins;
+pub mod status;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.
 pub static BPF_OBJECT: &[u8] =

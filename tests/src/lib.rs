@@ -4,4 +4,5 @@
 pub mod frames;
 pub mod harness;
 pub mod netns;
+pub mod pins;
 pub mod process;

@@ -9,6 +9,7 @@ use std::{
 
 use tests::{
     netns::{MailLab, Netns},
+    pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
 
@@ -19,19 +20,26 @@ fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn mxguard_in(netns: &Netns, args: &[&str]) -> Daemon {
-    let mut command = netns.command(mxguard_bin().to_str().expect("UTF-8 path"));
-    command.arg("run").args(args).env("RUST_LOG", "info");
+/// `mxguard run ARGS` in `netns`, pinned under `pins`.
+fn mxguard_in(netns: &Netns, pins: &TestPins, args: &[&str]) -> Daemon {
+    let mut command = netns.command(mxguard_bin());
+    command
+        .arg("run")
+        .args(args)
+        .args(["--pin-dir", pins.arg()])
+        .env("RUST_LOG", "info");
     Daemon::spawn(command)
 }
 
 /// Starts mxguard on the server's eth0 with the relay allowlisted.
-fn start_filter(lab: &MailLab, mode: &str) -> Daemon {
+fn start_filter(lab: &MailLab, pins: &TestPins, mode: &str) -> Daemon {
     let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
     let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
     let mut daemon = mxguard_in(
         &lab.server,
+        pins,
         &[
+            "--detach-on-exit",
             "--iface",
             "eth0",
             "--mode",
@@ -109,7 +117,8 @@ fn filters_smtp_syns(mode: &str, expect_log: &str) {
     connects(&lab.direct, addr(server_v4, 25));
     connects(&lab.direct, addr(server_v6, 25));
 
-    let mut daemon = start_filter(&lab, mode);
+    let pins = TestPins::new();
+    let mut daemon = start_filter(&lab, &pins, mode);
     daemon.wait_for("the mode", Duration::from_secs(5), |l| {
         l.contains(expect_log)
     });
@@ -157,8 +166,15 @@ fn filters_smtp_syns(mode: &str, expect_log: &str) {
         "mxguard exit status {status}:\n{}",
         daemon.log_tail()
     );
-    assert!(daemon.log().contains("detached"), "{}", daemon.log_tail());
-    assert!(!xdp_attached(&lab.server, "eth0"), "SIGTERM must detach");
+    assert!(
+        daemon.log().contains("detached; bye"),
+        "{}",
+        daemon.log_tail()
+    );
+    assert!(
+        !xdp_attached(&lab.server, "eth0"),
+        "SIGTERM with --detach-on-exit must detach"
+    );
     connects(&lab.direct, addr(server_v4, 25));
 }
 
@@ -175,7 +191,8 @@ fn generic_mode_drops_direct_smtp_syns_and_passes_the_rest() {
 #[test]
 fn auto_mode_gets_native_on_veth() {
     let lab = MailLab::new();
-    let mut daemon = start_filter(&lab, "auto");
+    let pins = TestPins::new();
+    let mut daemon = start_filter(&lab, &pins, "auto");
     daemon.wait_for("the mode", Duration::from_secs(5), |l| {
         l.contains("mode=native")
     });
@@ -187,8 +204,10 @@ fn protects_a_non_standard_port() {
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);
     let _alt = lab.server.listen(2525);
+    let pins = TestPins::new();
     let mut daemon = mxguard_in(
         &lab.server,
+        &pins,
         &["--iface", "eth0", "--port", "2525", "--allow", "192.0.2.10"],
     );
     daemon.wait_for("attach", Duration::from_secs(30), |l| {
@@ -203,7 +222,8 @@ fn protects_a_non_standard_port() {
 /// Runs mxguard with bad input; it must fail with `message` and leave nothing attached.
 fn rejected(args: &[&str], message: &str) {
     let lab = MailLab::new();
-    let mut daemon = mxguard_in(&lab.server, args);
+    let pins = TestPins::new();
+    let mut daemon = mxguard_in(&lab.server, &pins, args);
     let status = daemon.wait_exit(Duration::from_secs(30));
     assert!(
         !status.success(),
