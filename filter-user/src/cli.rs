@@ -91,6 +91,17 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: AttachMode,
 
+    /// What to do with a denied SYN: `drop` it; `reject` it with a TCP RST sent from XDP (like
+    /// iptables REJECT --reject-with tcp-reset, rate-limited); or `monitor`: pass everything
+    /// and count would-be drops, for a safe rollout.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub action: ActionArg,
+
+    /// With `--action reject`: at most this many RSTs per second per CPU; beyond it denied
+    /// SYNs are dropped, so a spoofed flood cannot use the server as a reflector.
+    #[arg(long, value_name = "N", default_value_t = filter_common::DEFAULT_REJECT_PER_CPU_PER_SEC)]
+    pub reject_rate: u32,
+
     /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -104,6 +115,24 @@ pub struct RunArgs {
     pub detach_on_exit: bool,
 }
 
+/// `--action` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionArg {
+    Drop,
+    Reject,
+    Monitor,
+}
+
+impl From<ActionArg> for filter_common::Action {
+    fn from(action: ActionArg) -> Self {
+        match action {
+            ActionArg::Drop => filter_common::Action::Drop,
+            ActionArg::Reject => filter_common::Action::Reject,
+            ActionArg::Monitor => filter_common::Action::Monitor,
+        }
+    }
+}
+
 /// Everything `run` needs, validated: nothing is loaded or attached before this exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunPlan {
@@ -111,6 +140,8 @@ pub struct RunPlan {
     pub ports: BTreeSet<u16>,
     pub allow: BTreeSet<Cidr>,
     pub mode: AttachMode,
+    pub action: filter_common::Action,
+    pub reject_rate: u32,
     pub stats_interval: Duration,
     pub pin_dir: PathBuf,
     pub detach_on_exit: bool,
@@ -153,6 +184,8 @@ impl RunArgs {
             ports,
             allow,
             mode: self.mode,
+            action: self.action.into(),
+            reject_rate: self.reject_rate,
             stats_interval: self.stats_interval,
             pin_dir: self.pins.pin_dir.clone(),
             detach_on_exit: self.detach_on_exit,

@@ -26,7 +26,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // Maps are filled before any attach, so a fresh interface is never filtered with an
     // empty allowlist, and an adopted one switches program with its data already in place.
     filter.set_ports(&plan.ports, &previous_ports)?;
-    filter.set_action(Action::Drop)?;
+    filter.set_reject_rate(plan.reject_rate)?;
+    filter.set_action(plan.action)?;
+    if plan.action == Action::Monitor {
+        tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
+    }
     let change = filter.sync_allowlist(&plan.allow)?;
     for cidr in &change.added {
         tracing::info!(%cidr, "allowlist: added");
@@ -132,11 +136,12 @@ pub fn summary(counters: &Counters) -> String {
     for family in Family::ALL {
         let row = counters.family(family);
         parts.push(format!(
-            "{}: frames={} syn_allowed={} syn_dropped={} syn_would_drop={} evasive_dropped={} malformed={}",
+            "{}: frames={} syn_allowed={} syn_dropped={} syn_rejected={} syn_would_drop={} evasive_dropped={} malformed={}",
             family.label(),
             row.frames,
             row.syn_allowed,
             row.syn_dropped,
+            row.syn_rejected,
             row.syn_would_drop,
             row.evasive_dropped,
             row.malformed

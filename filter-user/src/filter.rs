@@ -13,8 +13,8 @@ use aya::{
     },
 };
 use filter_common::{
-    Action, AllowEntry, Config, Family, FamilyCounters, PORT_OPEN, PORT_PROTECTED, PROGRAM_NAME,
-    PortFlag, map_names,
+    Action, AllowEntry, Config, DEFAULT_REJECT_PER_CPU_PER_SEC, Family, FamilyCounters, PORT_OPEN,
+    PORT_PROTECTED, PROGRAM_NAME, PortFlag, map_names,
 };
 
 use crate::{
@@ -187,16 +187,27 @@ impl Filter {
         read_action(self.raw_map(map_names::CONFIG)?)
     }
 
+    /// Sets the action for denied SYNs, keeping the RST rate limit (default if unset).
     pub fn set_action(&mut self, action: Action) -> anyhow::Result<()> {
         let mut map: Array<&mut MapData, Config> = self.map(map_names::CONFIG)?;
-        map.set(
-            0,
-            Config {
-                action: action as u32,
-            },
-            0,
-        )
-        .context("writing the action")
+        let current = map.get(&0, 0).context("reading the config")?;
+        let reject_per_cpu_per_sec = match current.reject_per_cpu_per_sec {
+            0 => DEFAULT_REJECT_PER_CPU_PER_SEC,
+            rate => rate,
+        };
+        let config = Config {
+            action: action as u32,
+            reject_per_cpu_per_sec,
+        };
+        map.set(0, config, 0).context("writing the action")
+    }
+
+    /// Sets the RST rate limit of the `reject` action (per CPU, per second).
+    pub fn set_reject_rate(&mut self, per_cpu_per_sec: u32) -> anyhow::Result<()> {
+        let mut map: Array<&mut MapData, Config> = self.map(map_names::CONFIG)?;
+        let mut config = map.get(&0, 0).context("reading the config")?;
+        config.reject_per_cpu_per_sec = per_cpu_per_sec;
+        map.set(0, config, 0).context("writing the reject rate")
     }
 
     /// Adds one prefix to the allowlist.

@@ -45,17 +45,41 @@ pub struct CounterValues {
     pub frames: f64,
     pub syn_allowed: f64,
     pub syn_dropped: f64,
+    pub syn_rejected: f64,
     pub syn_would_drop: f64,
     pub evasive_dropped: f64,
     pub malformed: f64,
 }
 
 impl CounterValues {
+    const NAMES: [&str; 7] = [
+        "frames",
+        "syn_allowed",
+        "syn_dropped",
+        "syn_rejected",
+        "would_drop",
+        "evasive",
+        "malformed",
+    ];
+
+    fn values(&self) -> [f64; 7] {
+        [
+            self.frames,
+            self.syn_allowed,
+            self.syn_dropped,
+            self.syn_rejected,
+            self.syn_would_drop,
+            self.evasive_dropped,
+            self.malformed,
+        ]
+    }
+
     fn of(row: &FamilyCounters) -> Self {
         CounterValues {
             frames: row.frames as f64,
             syn_allowed: row.syn_allowed as f64,
             syn_dropped: row.syn_dropped as f64,
+            syn_rejected: row.syn_rejected as f64,
             syn_would_drop: row.syn_would_drop as f64,
             evasive_dropped: row.evasive_dropped as f64,
             malformed: row.malformed as f64,
@@ -68,6 +92,7 @@ impl CounterValues {
             frames: per(after.frames, before.frames),
             syn_allowed: per(after.syn_allowed, before.syn_allowed),
             syn_dropped: per(after.syn_dropped, before.syn_dropped),
+            syn_rejected: per(after.syn_rejected, before.syn_rejected),
             syn_would_drop: per(after.syn_would_drop, before.syn_would_drop),
             evasive_dropped: per(after.evasive_dropped, before.evasive_dropped),
             malformed: per(after.malformed, before.malformed),
@@ -171,33 +196,23 @@ pub fn render(status: &Status) -> String {
     for cidr in &status.allowlist {
         out += &format!("  {cidr}\n");
     }
-    out += &format!(
-        "{:<8}{:>14}{:>14}{:>14}{:>14}{:>14}{:>14}\n",
-        "counters", "frames", "syn_allowed", "syn_dropped", "would_drop", "evasive", "malformed"
-    );
+    out += &format!("{:<8}", "counters");
+    for name in CounterValues::NAMES {
+        out += &format!("{name:>13}");
+    }
+    out += "\n";
     for row in &status.counters {
-        let v = row.totals;
-        out += &format!(
-            "{:<8}{:>14}{:>14}{:>14}{:>14}{:>14}{:>14}\n",
-            row.family,
-            v.frames,
-            v.syn_allowed,
-            v.syn_dropped,
-            v.syn_would_drop,
-            v.evasive_dropped,
-            v.malformed
-        );
-        if let Some(r) = row.per_second {
-            out += &format!(
-                "{:<8}{:>14.1}{:>14.1}{:>14.1}{:>14.1}{:>14.1}{:>14.1}\n",
-                "  /s",
-                r.frames,
-                r.syn_allowed,
-                r.syn_dropped,
-                r.syn_would_drop,
-                r.evasive_dropped,
-                r.malformed
-            );
+        out += &format!("{:<8}", row.family);
+        for value in row.totals.values() {
+            out += &format!("{value:>13}");
+        }
+        out += "\n";
+        if let Some(rates) = row.per_second {
+            out += &format!("{:<8}", "  /s");
+            for value in rates.values() {
+                out += &format!("{value:>13.1}");
+            }
+            out += "\n";
         }
     }
     out

@@ -273,3 +273,85 @@ fn a_failed_attach_detaches_what_was_attached() {
         "attaching XDP (Native) to lo",
     );
 }
+
+#[test]
+fn reject_action_refuses_the_connection_at_once() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    // Generic mode: on veth, native XDP_TX needs an XDP program on the peer as well.
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--mode",
+            "generic",
+            "--action",
+            "reject",
+            "--allow",
+            "192.0.2.10",
+            "--stats-interval",
+            "200ms",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    for to in [addr(MailLab::SERVER.v4, 25), addr(MailLab::SERVER.v6, 25)] {
+        let started = std::time::Instant::now();
+        let error = lab
+            .direct
+            .connect(to, Duration::from_secs(5))
+            .expect_err("denied");
+        assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{to}: {error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once, not after a timeout"
+        );
+    }
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    daemon.wait_for("reject counters", Duration::from_secs(5), |l| {
+        l.contains("counters ")
+            && counter(l, "ipv4", "syn_rejected") >= 1
+            && counter(l, "ipv6", "syn_rejected") >= 1
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn monitor_action_passes_everything_and_counts_would_be_drops() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--action",
+            "monitor",
+            "--allow",
+            "192.0.2.10",
+            "--stats-interval",
+            "200ms",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    connects(&lab.direct, addr(MailLab::SERVER.v4, 25));
+    connects(&lab.direct, addr(MailLab::SERVER.v6, 25));
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    daemon.wait_for("would-drop counters", Duration::from_secs(5), |l| {
+        l.contains("counters ")
+            && counter(l, "ipv4", "syn_would_drop") >= 1
+            && counter(l, "ipv6", "syn_would_drop") >= 1
+            && counter(l, "ipv4", "syn_allowed") >= 1
+    });
+    let log = daemon.log();
+    assert_eq!(counter(&log, "ipv4", "syn_dropped"), 0);
+    assert!(daemon.stop().success());
+}
