@@ -106,6 +106,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub stats_interval: Duration,
 
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9725). Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub pins: PinArgs,
 
@@ -143,6 +147,7 @@ pub struct RunPlan {
     pub action: filter_common::Action,
     pub reject_rate: u32,
     pub stats_interval: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub pin_dir: PathBuf,
     pub detach_on_exit: bool,
 }
@@ -187,6 +192,7 @@ impl RunArgs {
             action: self.action.into(),
             reject_rate: self.reject_rate,
             stats_interval: self.stats_interval,
+            metrics_addr: self.metrics_addr,
             pin_dir: self.pins.pin_dir.clone(),
             detach_on_exit: self.detach_on_exit,
         })

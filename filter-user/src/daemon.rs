@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::RunPlan,
     filter::{AttachOutcome, Counters, Filter},
+    metrics,
     pins::PinDir,
 };
 
@@ -18,6 +19,11 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
+    // Bind the metrics port before touching the kernel: a taken port is a config error.
+    if let Some(addr) = plan.metrics_addr {
+        metrics::serve(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     let pins = PinDir::new(&plan.pin_dir);
     pins.ensure_bpffs()?;
     // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
@@ -58,6 +64,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
     }
     detach_unconfigured(&pins, &plan.ifaces);
+    for (iface, (mode, _)) in plan.ifaces.iter().zip(&results) {
+        metrics::publish_attachment(iface, &mode.to_string());
+    }
     tracing::info!(
         ports = ?plan.ports,
         allowlist = plan.allow.len(),
@@ -72,6 +81,9 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
     });
+    // Metrics are refreshed from the maps every second; cheap (a few map reads).
+    let mut metrics_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
@@ -79,6 +91,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
             }
+            _ = metrics_tick.tick(), if plan.metrics_addr.is_some() => publish_metrics(&filter),
         }
     };
     tracing::info!(signal = signal_name, "stopping");
@@ -119,6 +132,18 @@ fn detach_unconfigured(pins: &PinDir, ifaces: &[String]) {
             && let Err(error) = pins.remove_version_if_unused(version)
         {
             tracing::warn!("removing old pins failed: {error:#}");
+        }
+    }
+}
+
+fn publish_metrics(filter: &Filter) {
+    match (filter.counters(), filter.allowlist()) {
+        (Ok(counters), Ok(allowlist)) => {
+            metrics::publish_counters(&counters);
+            metrics::publish_allowlist(&allowlist);
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!("reading maps for metrics failed: {error:#}")
         }
     }
 }

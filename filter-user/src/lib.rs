@@ -4,6 +4,7 @@ pub mod cidr;
 pub mod cli;
 pub mod daemon;
 pub mod filter;
+pub mod metrics;
 pub mod pins;
 pub mod status;
 

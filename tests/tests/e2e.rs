@@ -355,3 +355,95 @@ fn monitor_action_passes_everything_and_counts_would_be_drops() {
     assert_eq!(counter(&log, "ipv4", "syn_dropped"), 0);
     assert!(daemon.stop().success());
 }
+
+/// GET /metrics from inside `netns`.
+fn scrape(netns: &Netns, addr: SocketAddr) -> String {
+    netns.run(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("metrics port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn metrics_endpoint_is_scraped_and_parsed() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--allow",
+            "192.0.2.10",
+            "--allow",
+            "2001:db8::/126",
+            "--metrics-addr",
+            "127.0.0.1:9725",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25));
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let body = scrape(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725));
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{body}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: unexpected value {other:?}"),
+        }
+    };
+    assert!(
+        value(
+            "mxguard_protected_syns_total",
+            &[("family", "ipv4"), ("verdict", "dropped")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "mxguard_protected_syns_total",
+            &[("family", "ipv4"), ("verdict", "allowed")]
+        ) >= 1.0
+    );
+    assert!(value("mxguard_frames_total", &[("family", "ipv4")]) >= 2.0);
+    assert_eq!(
+        value("mxguard_allowlist_entries", &[("family", "ipv4")]),
+        1.0
+    );
+    assert_eq!(
+        value("mxguard_allowlist_entries", &[("family", "ipv6")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "mxguard_attached",
+            &[("interface", "eth0"), ("mode", "native")]
+        ),
+        1.0
+    );
+    assert!(daemon.stop().success());
+}
