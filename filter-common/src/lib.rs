@@ -17,10 +17,24 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of [`super::FamilyCounters`], indexed by [`super::Family`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// Per-CPU single-entry array of [`super::RejectWindow`] (RST rate limit state).
-    pub const REJECT_WINDOW: &str = "REJECT_WINDOW";
+    /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
+    pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
+    /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
+    pub const DROP_SAMPLES: &str = "DROP_SAMPLES";
+    /// LRU hash, written by the daemon only: source address (IPv6 or IPv4-mapped) to
+    /// [`super::DroppedSource`]. It outlives the daemon, so `status` can show top sources.
+    pub const DROPPED_SOURCES: &str = "DROPPED_SOURCES";
     /// Every map, for pinning.
-    pub const ALL: [&str; 6] = [ALLOW_V4, ALLOW_V6, PORTS, CONFIG, COUNTERS, REJECT_WINDOW];
+    pub const ALL: [&str; 8] = [
+        ALLOW_V4,
+        ALLOW_V6,
+        PORTS,
+        CONFIG,
+        COUNTERS,
+        RATE_WINDOWS,
+        DROP_SAMPLES,
+        DROPPED_SOURCES,
+    ];
 }
 
 /// Name of the XDP program function in the BPF object.
@@ -87,12 +101,53 @@ pub struct Config {
 /// Default for [`Config::reject_per_cpu_per_sec`].
 pub const DEFAULT_REJECT_PER_CPU_PER_SEC: u32 = 1000;
 
-/// Per-CPU state of the RST rate limit: a one-second window.
+/// Per-CPU state of a rate limit: a one-second window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RejectWindow {
+pub struct RateWindow {
     pub window_start_ns: u64,
     pub sent: u64,
+}
+
+/// Slots of the `RATE_WINDOWS` array.
+pub const RATE_SLOT_REJECT: u32 = 0;
+pub const RATE_SLOT_SAMPLES: u32 = 1;
+pub const RATE_SLOTS: u32 = 2;
+
+/// At most this many drop samples per second per CPU reach the ring buffer.
+pub const DROP_SAMPLES_PER_CPU_PER_SEC: u32 = 64;
+/// Ring buffer size (a power of two, multiple of the page size).
+pub const DROP_SAMPLES_BYTES: u32 = 64 * 1024;
+/// Capacity of the `DROPPED_SOURCES` LRU hash.
+pub const DROPPED_SOURCES_CAPACITY: u32 = 4096;
+
+/// Why a sampled frame was denied.
+pub const SAMPLE_KIND_SYN: u8 = 0;
+pub const SAMPLE_KIND_EVASIVE: u8 = 1;
+
+/// One sampled denied frame, as the program writes it to `DROP_SAMPLES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSample {
+    /// The source address: 16 bytes for IPv6, the first 4 for IPv4.
+    pub source: [u8; 16],
+    /// A [`Family`] as `u8`.
+    pub family: u8,
+    /// [`SAMPLE_KIND_SYN`] or [`SAMPLE_KIND_EVASIVE`].
+    pub kind: u8,
+    /// Destination port of a denied SYN (0 for evasive frames).
+    pub port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// Value of `DROPPED_SOURCES`: what the daemon has seen of one source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedSource {
+    pub samples: u64,
+    pub last_seen_unix_secs: u64,
+    pub last_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Address family a counter row belongs to: the index into the `COUNTERS` array.
@@ -163,5 +218,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FamilyCounters {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::RejectWindow {}
+    unsafe impl aya::Pod for super::RateWindow {}
+    // SAFETY: as above (explicit padding fields, no implicit padding).
+    unsafe impl aya::Pod for super::DropSample {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DroppedSource {}
 }

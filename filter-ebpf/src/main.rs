@@ -11,12 +11,14 @@ mod reject;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    ALLOWLIST_CAPACITY, Action, AllowEntry, Config, Family, FamilyCounters, MAX_IPV6_EXT_HEADERS,
-    PORT_PROTECTED, PORT_SLOTS, PortFlag, RejectWindow,
+    ALLOWLIST_CAPACITY, Action, AllowEntry, Config, DROP_SAMPLES_BYTES,
+    DROP_SAMPLES_PER_CPU_PER_SEC, DROPPED_SOURCES_CAPACITY, DropSample, DroppedSource, Family,
+    FamilyCounters, MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, RATE_SLOT_REJECT,
+    RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN,
 };
 
 #[map(name = "ALLOW_V4")]
@@ -34,8 +36,16 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<FamilyCounters> = PerCpuArray::with_max_entries(Family::COUNT, 0);
 
-#[map(name = "REJECT_WINDOW")]
-static REJECT_WINDOW: PerCpuArray<RejectWindow> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "RATE_WINDOWS")]
+static RATE_WINDOWS: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(RATE_SLOTS, 0);
+
+#[map(name = "DROP_SAMPLES")]
+static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLES_BYTES, 0);
+
+/// Written by the daemon only (from the samples); declared here so it is pinned with the rest.
+#[map(name = "DROPPED_SOURCES")]
+static DROPPED_SOURCES: LruHashMap<[u8; 16], DroppedSource> =
+    LruHashMap::with_max_entries(DROPPED_SOURCES_CAPACITY, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -165,6 +175,8 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
 /// frames never pay for it.
 #[inline(always)]
 fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: usize) -> Verdict {
+    // Before the action: `reject` rewrites the headers the sample reads.
+    sample(frame, family, outcome, l3);
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Drop;
     };
@@ -174,14 +186,56 @@ fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: u
         Action::Reject => match outcome {
             // Evasive fragments get no answer: there is no whole TCP header to answer.
             Outcome::SynDenied { tcp }
-                if reject::within_rate(&REJECT_WINDOW, config.reject_per_cpu_per_sec)
-                    && reject::answer_with_rst(ctx, frame, family, l3, tcp) =>
+                if reject::within_rate(
+                    &RATE_WINDOWS,
+                    RATE_SLOT_REJECT,
+                    config.reject_per_cpu_per_sec,
+                ) && reject::answer_with_rst(ctx, frame, family, l3, tcp) =>
             {
                 Verdict::Rejected
             }
             _ => Verdict::Drop,
         },
     }
+}
+
+/// Sends a few denied sources per second per CPU to userspace; under a flood the rest cost
+/// only the rate check.
+#[inline(always)]
+fn sample(frame: &Frame, family: Family, outcome: Outcome, l3: usize) {
+    if !reject::within_rate(
+        &RATE_WINDOWS,
+        RATE_SLOT_SAMPLES,
+        DROP_SAMPLES_PER_CPU_PER_SEC,
+    ) {
+        return;
+    }
+    let mut event = DropSample {
+        family: family as u8,
+        ..DropSample::default()
+    };
+    match family {
+        Family::Ipv4 => match frame.bytes::<4>(l3 + 12) {
+            Some(source) => event.source[..4].copy_from_slice(&source),
+            None => return,
+        },
+        Family::Ipv6 => match frame.bytes::<16>(l3 + 8) {
+            Some(source) => event.source = source,
+            None => return,
+        },
+        Family::Other => return,
+    }
+    match outcome {
+        Outcome::SynDenied { tcp } => {
+            event.kind = SAMPLE_KIND_SYN;
+            if let Some(ports) = frame.bytes::<4>(tcp) {
+                event.port = be16(ports[2], ports[3]);
+            }
+        }
+        _ => event.kind = SAMPLE_KIND_EVASIVE,
+    }
+    // A full ring (no reader) just loses the sample.
+    let _ = DROP_SAMPLES.output::<DropSample>(&event, 0);
 }
 
 #[inline(always)]

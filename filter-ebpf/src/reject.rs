@@ -1,8 +1,8 @@
 //! The `reject` action: turn a denied SYN into a TCP RST+ACK in place and bounce it back out
 //! with XDP_TX, as the kernel's `tcp_v4_send_reset` / `tcp_v6_send_reset` would answer.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray, programs::XdpContext};
-use filter_common::{Family, RejectWindow};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::PerCpuArray, programs::XdpContext};
+use filter_common::{Family, RateWindow};
 
 use crate::{Frame, be16};
 
@@ -10,16 +10,17 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST_ACK: u8 = 0x14;
 
-/// Takes one token from this CPU's one-second window; false when the window is spent.
+/// Takes one token from this CPU's one-second window in `slot`; false when it is spent.
+/// The coarse clock (jiffies) is plenty for a one-second window and cheaper per call.
 #[inline(always)]
-pub fn within_rate(windows: &PerCpuArray<RejectWindow>, per_sec: u32) -> bool {
-    let Some(window) = windows.get_ptr_mut(0) else {
+pub fn within_rate(windows: &PerCpuArray<RateWindow>, slot: u32, per_sec: u32) -> bool {
+    let Some(window) = windows.get_ptr_mut(slot) else {
         return false;
     };
     // SAFETY: this CPU's slot of a per-CPU array; XDP runs with preemption off.
     let window = unsafe { &mut *window };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(window.window_start_ns) >= NS_PER_SEC {
         window.window_start_ns = now;
         window.sent = 0;

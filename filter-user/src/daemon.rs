@@ -11,6 +11,7 @@ use crate::{
     filter::{AttachOutcome, Counters, Filter},
     metrics,
     pins::PinDir,
+    samples::DropSamples,
 };
 
 /// Runs the filter until SIGINT or SIGTERM. Every input was validated in `plan`; a failure
@@ -81,6 +82,15 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
     });
+    // Sampled drops are tallied into the pinned DROPPED_SOURCES map for `status`; without
+    // them the filter works the same, so a failure here is only a warning.
+    let mut samples = match filter.take_drop_samples().and_then(DropSamples::new) {
+        Ok(samples) => Some(samples),
+        Err(error) => {
+            tracing::warn!("drop sampling unavailable: {error:#}");
+            None
+        }
+    };
     // Metrics are refreshed from the maps every second; cheap (a few map reads).
     let mut metrics_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,6 +102,15 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                 log_counters(&filter);
             }
             _ = metrics_tick.tick(), if plan.metrics_addr.is_some() => publish_metrics(&filter),
+            batch = async { samples.as_mut().expect("guarded").next_batch().await }, if samples.is_some() => {
+                match batch.and_then(|batch| filter.tally_drop_samples(&batch)) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::warn!("drop sampling stopped: {error:#}");
+                        samples = None;
+                    }
+                }
+            }
         }
     };
     tracing::info!(signal = signal_name, "stopping");

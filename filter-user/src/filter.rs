@@ -273,6 +273,35 @@ impl Filter {
         )
     }
 
+    /// Takes the drop-sample ring buffer out of the object (one reader: the daemon).
+    pub fn take_drop_samples(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::DROP_SAMPLES)
+            .ok_or_else(|| anyhow!("BPF object has no map {}", map_names::DROP_SAMPLES))?;
+        aya::maps::RingBuf::try_from(map).context("DROP_SAMPLES is not a ring buffer")
+    }
+
+    /// Adds sampled drops to the `DROPPED_SOURCES` tally.
+    pub fn tally_drop_samples(
+        &mut self,
+        samples: &[filter_common::DropSample],
+    ) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::DROPPED_SOURCES)
+            .ok_or_else(|| anyhow!("BPF object has no map {}", map_names::DROPPED_SOURCES))?;
+        crate::samples::tally(map, samples)
+    }
+
+    /// The sources sampled most often.
+    pub fn top_dropped_sources(
+        &self,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(std::net::IpAddr, filter_common::DroppedSource)>> {
+        crate::samples::top_sources(self.raw_map(map_names::DROPPED_SOURCES)?, limit)
+    }
+
     /// Counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<Counters> {
         read_counters(self.raw_map(map_names::COUNTERS)?)

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod filter;
 pub mod metrics;
 pub mod pins;
+pub mod samples;
 pub mod status;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.

@@ -22,8 +22,18 @@ pub struct Status {
     pub ports: BTreeSet<u16>,
     pub allowlist: Vec<String>,
     pub counters: Vec<FamilyStatus>,
+    /// Sources seen most often in the sampled drops (a few samples per second per CPU).
+    pub top_dropped_sources: Vec<DroppedSourceStatus>,
     /// Seconds the rates were measured over (0 = no rates).
     pub rate_interval_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DroppedSourceStatus {
+    pub address: String,
+    pub samples: u64,
+    pub last_port: u16,
+    pub last_seen_unix_secs: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +166,18 @@ pub fn read_status(pin_dir: &Path, interval: Duration) -> anyhow::Result<Status>
             })
             .collect(),
         rate_interval_secs: if rates.is_some() { secs } else { 0.0 },
+        top_dropped_sources: crate::samples::top_sources(
+            &open_map(&pins, map_names::DROPPED_SOURCES)?,
+            10,
+        )?
+        .into_iter()
+        .map(|(address, source)| DroppedSourceStatus {
+            address: address.to_string(),
+            samples: source.samples,
+            last_port: source.last_port,
+            last_seen_unix_secs: source.last_seen_unix_secs,
+        })
+        .collect(),
     })
 }
 
@@ -213,6 +235,15 @@ pub fn render(status: &Status) -> String {
                 out += &format!("{value:>13.1}");
             }
             out += "\n";
+        }
+    }
+    if !status.top_dropped_sources.is_empty() {
+        out += "top dropped sources (sampled):\n";
+        for source in &status.top_dropped_sources {
+            out += &format!(
+                "  {:<40} {:>8} samples, last port {}\n",
+                source.address, source.samples, source.last_port
+            );
         }
     }
     out

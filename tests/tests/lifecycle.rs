@@ -264,6 +264,11 @@ fn status_works_with_the_daemon_down_and_detach_removes_everything() {
         serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"])
     );
     assert!(counter(&status, "ipv4", "syn_dropped") >= 2);
+    // The sampled drops were tallied by the daemon into a pinned map.
+    let top = &status["top_dropped_sources"][0];
+    assert_eq!(top["address"], "192.0.2.66", "{status:#}");
+    assert!(top["samples"].as_u64().unwrap() >= 1);
+    assert_eq!(top["last_port"], 25);
     let table = mxguard(
         &lab.server,
         &["status", "--interval", "200ms", "--pin-dir", pins.arg()],
