@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
+    dns::{AllowlistUpdate, DnsEngine, Enforcer},
     filter::{Counters, Filter},
 };
 
@@ -19,10 +20,20 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
 
     let mut filter = Filter::load()?;
     filter.set_ports(&plan.ports, &BTreeSet::new())?;
-    filter.sync_allowlist(&plan.allow)?;
-    if plan.allow.is_empty() {
-        tracing::warn!("the allowlist is empty: every SYN to a protected port will be dropped");
-    }
+    // The state file first: a restart while DNS is down keeps the last known relays.
+    let mut dns = match &plan.dns {
+        Some(settings) => Some(DnsEngine::from_settings(settings, &plan.allow)?),
+        None => None,
+    };
+    let initial = match &mut dns {
+        Some(engine) => {
+            engine.restore();
+            engine.wanted()
+        }
+        None => plan.allow.clone(),
+    };
+    // Monitor while the allowlist is empty (unless --strict), drop once it holds something.
+    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.strict)?;
     let modes = filter.attach_all(&plan.ifaces, plan.mode)?;
     for (iface, mode) in plan.ifaces.iter().zip(&modes) {
         tracing::info!(iface = %iface, mode = %mode, "attached XDP filter");
@@ -36,6 +47,22 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         tracing::info!(%cidr, "allowlisted");
     }
 
+    // The DNS task publishes the wanted allowlist; this loop alone touches the filter.
+    let (dns_tx, mut dns_rx) = tokio::sync::watch::channel(AllowlistUpdate::default());
+    let dns_task = dns.map(|engine| {
+        if let Some(settings) = &plan.dns {
+            tracing::info!(
+                hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                servers = ?settings.servers,
+                policy = ?settings.policy,
+                state_dir = %settings.state_dir.display(),
+                "resolving allowlist host names"
+            );
+        }
+        tokio::spawn(engine.run(dns_tx))
+    });
+    let mut dns_open = dns_task.is_some();
+
     let mut ticker = (!plan.stats_interval.is_zero()).then(|| {
         let mut ticker = tokio::time::interval(plan.stats_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,8 +75,23 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
             }
+            changed = dns_rx.changed(), if dns_open => {
+                if changed.is_err() {
+                    // Fail static: the map keeps what it has.
+                    tracing::error!("the DNS task ended; the allowlist stays as it is");
+                    dns_open = false;
+                    continue;
+                }
+                let update = dns_rx.borrow_and_update().clone();
+                if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
+                    tracing::error!("updating the allowlist failed: {error:#}");
+                }
+            }
         }
     };
+    if let Some(task) = dns_task {
+        task.abort();
+    }
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
     filter.detach_all();
