@@ -1,1 +1,4 @@
+//! Shared helpers for mxguard's integration tests.
 
+pub mod dns_rig;
+pub mod dns_server;

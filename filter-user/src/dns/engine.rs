@@ -241,7 +241,9 @@ impl<R: Resolve> DnsEngine<R> {
     /// Runs until the receiving side is gone, publishing every change of the wanted allowlist.
     pub async fn run(mut self, updates: watch::Sender<AllowlistUpdate>) {
         loop {
-            if self.step().await {
+            let stats_before = self.stats.clone();
+            // Published on counter changes too, so failures are visible to the caller.
+            if self.step().await || self.stats != stats_before {
                 let update = AllowlistUpdate {
                     wanted: self.wanted(),
                     stats: self.stats.clone(),
