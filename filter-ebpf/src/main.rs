@@ -330,12 +330,11 @@ fn judge_tcp(
     }
     // Tiny first fragment (RFC 1858): the flags come in a later fragment. Let it through only
     // when the port is readable and not protected, or the source is allowlisted.
-    if len >= TCP_PORTS_LEN {
-        if let Some(ports) = frame.bytes::<TCP_PORTS_LEN>(offset) {
-            if !port_protected(be16(ports[2], ports[3])) {
-                return Outcome::Pass;
-            }
-        }
+    if len >= TCP_PORTS_LEN
+        && let Some(ports) = frame.bytes::<TCP_PORTS_LEN>(offset)
+        && !port_protected(be16(ports[2], ports[3]))
+    {
+        return Outcome::Pass;
     }
     deny_unless_allowlisted(source, Outcome::EvasiveDenied)
 }

@@ -1,6 +1,8 @@
 //! The `mxguard` binary: parse the command line, validate it, run.
 use std::process::ExitCode;
 
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use filter_user::cli::{Cli, Command};
 
@@ -12,6 +14,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,11 @@
 //! The DNS allowlist wired to the real XDP program, as the daemon wires it: a [`DnsEngine`]
 //! task publishes the wanted allowlist, the [`Rig`] applies it to a loaded [`Filter`] through
-//! the [`Enforcer`]. Plus a SYN frame run through the program with BPF_PROG_TEST_RUN, and a
-//! second handle on the IPv4 allowlist map for watching it from another thread.
+//! the [`Enforcer`]. Plus SYNs run through the program with BPF_PROG_TEST_RUN, and second
+//! handles on the allowlist maps for watching them from another thread.
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -25,22 +25,8 @@ use filter_user::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-
-/// The SMTP server every test SYN goes to.
-pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-
-/// Fails loudly unless root: these tests load XDP programs and never skip.
-pub fn require_root() {
-    use std::os::unix::fs::MetadataExt as _;
-    // /proc/self belongs to the process's effective uid.
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    assert!(
-        uid == Some(0),
-        "the DNS tests load XDP programs and must run as root"
-    );
-}
+use crate::frames::Frame;
+pub use crate::harness::{XDP_DROP, XDP_PASS};
 
 /// An engine asking `server` (with a short query timeout) about `names`, with `statics` as the
 /// static prefixes and the state file in `state_dir` (none without).
@@ -86,7 +72,7 @@ impl Rig {
     /// As the daemon starts: load (port 25 protected), restore the state file, fill the map,
     /// pick the action, then start the engine task. Call inside a tokio runtime.
     pub fn start<R: Resolve>(mut engine: DnsEngine<R>, strict: bool) -> Rig {
-        require_root();
+        crate::harness::require_root();
         let mut filter = Filter::load().expect("loading the XDP program");
         filter
             .set_ports(&BTreeSet::from([25]), &BTreeSet::new())
@@ -177,7 +163,7 @@ impl Rig {
 
     /// Runs one SYN from `src` to port 25 through the program; returns the XDP action.
     pub fn syn(&self, src: IpAddr) -> u32 {
-        let frame = syn_frame(src, 25);
+        let frame = Frame::syn(&src.to_string(), 25).bytes();
         self.filter
             .program()
             .expect("program")
@@ -204,28 +190,6 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// An Ethernet frame carrying a TCP SYN from `src` (port 40000) to the server on `port`.
-pub fn syn_frame(src: IpAddr, port: u16) -> Vec<u8> {
-    let eth = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
-    let ip = match src {
-        IpAddr::V4(src) => eth.ipv4(src.octets(), SERVER_V4.octets(), 64),
-        IpAddr::V6(src) => eth.ipv6(
-            src.octets(),
-            "2001:db8::1"
-                .parse::<std::net::Ipv6Addr>()
-                .expect("v6")
-                .octets(),
-            64,
-        ),
-    };
-    let builder = ip.tcp(40000, port, 1, 64240).syn();
-    let mut frame = Vec::with_capacity(builder.size(0));
-    builder
-        .write(&mut frame, &[])
-        .expect("building a SYN frame");
-    frame
 }
 
 /// A second handle on one of the filter's allowlist tries (`K` = `[u8; 4]` for

@@ -1,1 +1,185 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test and lab commands for mxguard.
+//!
+//! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and quick
+//! when everything is already there.
+
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and try out mxguard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src for nightly, bpf-linker (built against
+    /// nightly's LLVM) in .tools/, and the Debian packages the tests use.
+    Setup,
+    /// Build the `mxguard` binary (with the XDP program embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite (needs root: it loads XDP programs and creates namespaces).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Without arguments: start the throwaway lab (namespaces, a relay, a direct sender, the
+    /// filter) and show it working until Ctrl-C. With `-- ARGS`: run `mxguard run ARGS` on this
+    /// machine's real interfaces.
+    Run {
+        /// Stop the lab after this many rounds of connection checks (default: until Ctrl-C).
+        #[arg(long)]
+        rounds: Option<u32>,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check and clippy (-D warnings) on the userspace crates and the BPF crate.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::setup(&root),
+        Task::Build { release } => {
+            setup::setup(&root)?;
+            build(&root, release)
+        }
+        Task::Test { args } => {
+            setup::setup(&root)?;
+            test(&root, &args)
+        }
+        Task::Run { rounds, args } => {
+            setup::setup(&root)?;
+            run(&root, rounds, &args)
+        }
+        Task::Lint => {
+            setup::setup(&root)?;
+            lint(&root)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` with the project's tools (bpf-linker) first on PATH.
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(root)
+        .env("PATH", setup::path_with_tools(root));
+    command
+}
+
+fn status(mut command: Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(root: &Path, release: bool) -> anyhow::Result<()> {
+    let mut command = cargo(root);
+    command.args(["build", "--package", "filter-user", "--bin", "mxguard"]);
+    if release {
+        command.arg("--release");
+    }
+    status(command)
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} needs root (XDP, BPF maps and network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    require_root("cargo xtask test")?;
+    build(root, false)?;
+    let mut command = cargo(root);
+    command
+        .arg("test")
+        .args(args)
+        .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
+    status(command)
+}
+
+fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> {
+    require_root("cargo xtask run")?;
+    if args.is_empty() {
+        build(root, false)?;
+        let mut command = cargo(root);
+        command
+            .args(["build", "--package", "tests", "--bin", "mxguard-lab"])
+            .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
+        status(command)?;
+        let mut lab = Command::new(root.join("target/debug/mxguard-lab"));
+        lab.env("MXGUARD_BIN", root.join("target/debug/mxguard"));
+        if let Some(rounds) = rounds {
+            lab.arg("--rounds").arg(rounds.to_string());
+        }
+        // Replace this process, so Ctrl-C reaches the lab alone and it can clean up.
+        Err(lab.exec()).context("starting the lab")
+    } else {
+        build(root, true)?;
+        let mut mxguard = Command::new(root.join("target/release/mxguard"));
+        mxguard.arg("run").args(args);
+        Err(mxguard.exec()).context("starting mxguard")
+    }
+}
+
+fn lint(root: &Path) -> anyhow::Result<()> {
+    let mut fmt = cargo(root);
+    fmt.args(["fmt", "--all", "--check"]);
+    status(fmt)?;
+    let mut clippy = cargo(root);
+    clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
+    status(clippy)?;
+    // The BPF crate only builds for the BPF target with nightly.
+    let mut clippy_bpf = Command::new("rustup");
+    clippy_bpf
+        .current_dir(root.join("filter-ebpf"))
+        .env("PATH", setup::path_with_tools(root))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--release", "--", "-D", "warnings"]);
+    status(clippy_bpf)
+}

@@ -1,0 +1,225 @@
+//! `cargo xtask run`: a throwaway mail-gateway lab that shows mxguard at work.
+//!
+//! Builds the `MailLab` namespaces (switch, mail server, relay, direct sender), attaches the
+//! real `mxguard` binary to the server's eth0 with the relay allowlisted, then every few
+//! seconds tries the connections an operator cares about and prints what happened next to
+//! what should happen. Ctrl-C (or `--rounds N`) stops mxguard and removes every namespace.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::unix::process::CommandExt as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tests::{
+    netns::{MailLab, Netns},
+    process::{Daemon, mxguard_bin},
+};
+
+struct Check<'a> {
+    label: &'static str,
+    from: &'a Netns,
+    to: SocketAddr,
+    should_connect: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let rounds = parse_rounds();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).expect("installing the signal handler");
+    }
+
+    println!("mxguard lab: building namespaces (documentation addresses only)");
+    let lab = MailLab::new();
+    let server = MailLab::SERVER;
+    println!("  switch      {}", lab.switch.name());
+    println!(
+        "  mail server {}  eth0 {} {}",
+        lab.server.name(),
+        server.v4,
+        server.v6
+    );
+    println!(
+        "  relay       {}  eth0 {} {}  (the filtering service)",
+        lab.relay.name(),
+        MailLab::RELAY.v4,
+        MailLab::RELAY.v6
+    );
+    println!(
+        "  direct      {}  eth0 {} {}  (a spammer skipping the MX)",
+        lab.direct.name(),
+        MailLab::DIRECT.v4,
+        MailLab::DIRECT.v6
+    );
+
+    let _smtp = lab.server.listen(25);
+    let _submission = lab.server.listen(587);
+    let _far_mx = lab.direct.listen(25);
+
+    let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
+    let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
+    let mut command = lab
+        .server
+        .command(mxguard_bin().to_str().expect("UTF-8 path"));
+    command
+        .args([
+            "run",
+            "--iface",
+            "eth0",
+            "--allow",
+            &relay_v4,
+            "--allow",
+            &relay_v6,
+            "--stats-interval",
+            "1s",
+        ])
+        .env("RUST_LOG", "info")
+        // Its own process group: Ctrl-C reaches the lab, which then stops mxguard in order.
+        .process_group(0);
+    println!(
+        "\nstarting: ip netns exec {} mxguard run --iface eth0 --allow {relay_v4} --allow {relay_v6}",
+        lab.server.name()
+    );
+    let mut mxguard = Daemon::spawn(command);
+    let attached = mxguard.wait_for("mxguard to attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    println!("  mxguard: {}", attached.trim());
+
+    let v4 = |ip: std::net::Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
+    let v6 = |ip: std::net::Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
+    let checks = [
+        Check {
+            label: "relay  -> server:25   IPv4",
+            from: &lab.relay,
+            to: v4(server.v4, 25),
+            should_connect: true,
+        },
+        Check {
+            label: "relay  -> server:25   IPv6",
+            from: &lab.relay,
+            to: v6(server.v6, 25),
+            should_connect: true,
+        },
+        Check {
+            label: "direct -> server:25   IPv4",
+            from: &lab.direct,
+            to: v4(server.v4, 25),
+            should_connect: false,
+        },
+        Check {
+            label: "direct -> server:25   IPv6",
+            from: &lab.direct,
+            to: v6(server.v6, 25),
+            should_connect: false,
+        },
+        Check {
+            label: "direct -> server:587  IPv4",
+            from: &lab.direct,
+            to: v4(server.v4, 587),
+            should_connect: true,
+        },
+        Check {
+            label: "direct -> server:587  IPv6",
+            from: &lab.direct,
+            to: v6(server.v6, 587),
+            should_connect: true,
+        },
+        Check {
+            label: "server -> direct:25   IPv4 (outgoing mail)",
+            from: &lab.server,
+            to: v4(MailLab::DIRECT.v4, 25),
+            should_connect: true,
+        },
+        Check {
+            label: "server -> direct:25   IPv6 (outgoing mail)",
+            from: &lab.server,
+            to: v6(MailLab::DIRECT.v6, 25),
+            should_connect: true,
+        },
+    ];
+
+    let mut failures = 0;
+    let mut round = 0;
+    while !stop.load(Ordering::Relaxed) && rounds.is_none_or(|n| round < n) {
+        round += 1;
+        println!("\nround {round}");
+        for check in &checks {
+            let result = check.from.connect(check.to, Duration::from_millis(1000));
+            let (got, ok) = match (&result, check.should_connect) {
+                (Ok(_), true) => ("connected", true),
+                (Ok(_), false) => ("connected", false),
+                (Err(e), false) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    ("timed out: SYN dropped", true)
+                }
+                (Err(_), _) => ("failed", false),
+            };
+            if !ok {
+                failures += 1;
+            }
+            let want = if check.should_connect {
+                "connect"
+            } else {
+                "be dropped"
+            };
+            println!(
+                "  {:<44} {:<24} should {want:<10} {}",
+                check.label,
+                got,
+                if ok { "ok" } else { "WRONG" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        if let Some(line) = mxguard
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("counters "))
+        {
+            println!(
+                "  {}",
+                line.split("counters ")
+                    .nth(1)
+                    .unwrap_or(line)
+                    .replace(" | ", "\n  ")
+            );
+        }
+        if rounds.is_none() {
+            println!("(Ctrl-C stops mxguard and removes the lab)");
+            let deadline = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    println!("\nstopping mxguard and removing the lab");
+    let status = mxguard.stop();
+    if let Some(line) = mxguard.log().lines().rev().find(|l| l.contains("detached")) {
+        println!("  mxguard: {}", line.trim());
+    }
+    drop(lab);
+    if failures > 0 || !status.success() {
+        println!("{failures} check(s) gave the wrong result; mxguard exited with {status}");
+        return std::process::ExitCode::FAILURE;
+    }
+    println!("all checks as expected");
+    std::process::ExitCode::SUCCESS
+}
+
+fn parse_rounds() -> Option<u32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => None,
+        [flag, n] if flag == "--rounds" => Some(n.parse().expect("--rounds takes a number")),
+        _ => {
+            eprintln!("usage: mxguard-lab [--rounds N]");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Running the real `mxguard` binary as a child process, killed on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The `mxguard` binary: `$MXGUARD_BIN`, else `target/<profile>/mxguard` next to the test.
+pub fn mxguard_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MXGUARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/mxguard
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("mxguard");
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (cargo build -p filter-user) or set MXGUARD_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A running child whose stderr lines are collected; SIGTERM then SIGKILL on drop.
+pub struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `command` with stderr captured (stdout too, merged into the same log).
+    pub fn spawn(mut command: Command) -> Daemon {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let lines = lines.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        Daemon { child, lines }
+    }
+
+    /// Everything the child printed so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().expect("log lock").join("\n")
+    }
+
+    /// The last lines the child printed, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let lines = self.lines.lock().expect("log lock");
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Waits until a printed line satisfies `matches`, returning it; panics with the log on
+    /// timeout or if the child exits first.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .expect("log lock")
+                .iter()
+                .find(|l| matches(l))
+            {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "mxguard exited ({status}) before {what}:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait after kill");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the child to exit by itself (for commands expected to fail fast).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process still running:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}

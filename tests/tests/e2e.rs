@@ -1,0 +1,255 @@
+//! End to end: the real `mxguard` binary attached to a veth in a mail-gateway lab of network
+//! namespaces, with real TCP connections over IPv4 and IPv6.
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use tests::{
+    netns::{MailLab, Netns},
+    process::{Daemon, mxguard_bin},
+};
+
+const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
+const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn mxguard_in(netns: &Netns, args: &[&str]) -> Daemon {
+    let mut command = netns.command(mxguard_bin().to_str().expect("UTF-8 path"));
+    command.arg("run").args(args).env("RUST_LOG", "info");
+    Daemon::spawn(command)
+}
+
+/// Starts mxguard on the server's eth0 with the relay allowlisted.
+fn start_filter(lab: &MailLab, mode: &str) -> Daemon {
+    let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
+    let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &[
+            "--iface",
+            "eth0",
+            "--mode",
+            mode,
+            "--allow",
+            &relay_v4,
+            "--allow",
+            &relay_v6,
+            "--stats-interval",
+            "200ms",
+        ],
+    );
+    daemon.wait_for("the attach log line", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    daemon
+}
+
+fn connects(from: &Netns, to: SocketAddr) {
+    from.connect(to, ALLOWED_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect from {} to {to} should succeed: {e}", from.name()));
+}
+
+fn times_out(from: &Netns, to: SocketAddr) {
+    match from.connect(to, DENIED_TIMEOUT) {
+        Ok(_) => panic!(
+            "connect from {} to {to} should have been dropped",
+            from.name()
+        ),
+        Err(error) => assert_eq!(
+            error.kind(),
+            ErrorKind::TimedOut,
+            "from {} to {to}: {error}",
+            from.name()
+        ),
+    }
+}
+
+/// Reads `field` of `family` from the newest counter summary line in the log.
+fn counter(log: &str, family: &str, field: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters "))
+        .expect("a counter summary line");
+    let section = line
+        .split(" | ")
+        .find_map(|part| {
+            part.split_once(&format!("{family}: "))
+                .map(|(_, rest)| rest)
+        })
+        .unwrap_or_else(|| panic!("no {family} section in {line}"));
+    section
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+}
+
+fn xdp_attached(netns: &Netns, iface: &str) -> bool {
+    let output = std::process::Command::new("ip")
+        .args(["-n", netns.name(), "link", "show", iface])
+        .output()
+        .expect("ip link show");
+    String::from_utf8_lossy(&output.stdout).contains("xdp")
+}
+
+fn filters_smtp_syns(mode: &str, expect_log: &str) {
+    let lab = MailLab::new();
+    let smtp = lab.server.listen(25);
+    let _submission = lab.server.listen(587);
+    let (server_v4, server_v6) = (MailLab::SERVER.v4, MailLab::SERVER.v6);
+
+    // Without the filter the direct sender reaches port 25: the drop below is the filter's doing.
+    connects(&lab.direct, addr(server_v4, 25));
+    connects(&lab.direct, addr(server_v6, 25));
+
+    let mut daemon = start_filter(&lab, mode);
+    daemon.wait_for("the mode", Duration::from_secs(5), |l| {
+        l.contains(expect_log)
+    });
+    assert!(xdp_attached(&lab.server, "eth0"));
+
+    let accepted_before = smtp.accepted();
+    connects(&lab.relay, addr(server_v4, 25));
+    connects(&lab.relay, addr(server_v6, 25));
+    times_out(&lab.direct, addr(server_v4, 25));
+    times_out(&lab.direct, addr(server_v6, 25));
+    // Submission is not a protected port.
+    connects(&lab.direct, addr(server_v4, 587));
+    connects(&lab.direct, addr(server_v6, 587));
+    // The server's own outgoing mail to another host's port 25: the SYN-ACK must pass.
+    let _far_mx = lab.direct.listen(25);
+    connects(&lab.server, addr(MailLab::DIRECT.v4, 25));
+    connects(&lab.server, addr(MailLab::DIRECT.v6, 25));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        smtp.accepted() - accepted_before,
+        2,
+        "only the relay's connections reached port 25"
+    );
+
+    daemon.wait_for("drop counters", Duration::from_secs(5), |l| {
+        l.contains("counters ")
+            && counter(l, "ipv4", "syn_dropped") >= 1
+            && counter(l, "ipv6", "syn_dropped") >= 1
+    });
+    let log = daemon.log();
+    assert!(
+        counter(&log, "ipv4", "syn_allowed") >= 1,
+        "{}",
+        daemon.log_tail()
+    );
+    assert!(
+        counter(&log, "ipv6", "syn_allowed") >= 1,
+        "{}",
+        daemon.log_tail()
+    );
+
+    let status = daemon.stop();
+    assert!(
+        status.success(),
+        "mxguard exit status {status}:\n{}",
+        daemon.log_tail()
+    );
+    assert!(daemon.log().contains("detached"), "{}", daemon.log_tail());
+    assert!(!xdp_attached(&lab.server, "eth0"), "SIGTERM must detach");
+    connects(&lab.direct, addr(server_v4, 25));
+}
+
+#[test]
+fn native_mode_drops_direct_smtp_syns_and_passes_the_rest() {
+    filters_smtp_syns("native", "mode=native");
+}
+
+#[test]
+fn generic_mode_drops_direct_smtp_syns_and_passes_the_rest() {
+    filters_smtp_syns("generic", "mode=generic");
+}
+
+#[test]
+fn auto_mode_gets_native_on_veth() {
+    let lab = MailLab::new();
+    let mut daemon = start_filter(&lab, "auto");
+    daemon.wait_for("the mode", Duration::from_secs(5), |l| {
+        l.contains("mode=native")
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn protects_a_non_standard_port() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let _alt = lab.server.listen(2525);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &["--iface", "eth0", "--port", "2525", "--allow", "192.0.2.10"],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 2525));
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 2525));
+    connects(&lab.direct, addr(MailLab::SERVER.v4, 25));
+    assert!(daemon.stop().success());
+}
+
+/// Runs mxguard with bad input; it must fail with `message` and leave nothing attached.
+fn rejected(args: &[&str], message: &str) {
+    let lab = MailLab::new();
+    let mut daemon = mxguard_in(&lab.server, args);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "mxguard should fail for {args:?}:\n{}",
+        daemon.log_tail()
+    );
+    assert!(
+        daemon.log().contains(message),
+        "expected {message:?} in:\n{}",
+        daemon.log_tail()
+    );
+    assert!(
+        !xdp_attached(&lab.server, "eth0"),
+        "nothing may stay attached after {args:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_rejected_before_anything_is_attached() {
+    rejected(
+        &["--iface", "eth0", "--allow", "192.0.2.300/24"],
+        "invalid CIDR \"192.0.2.300/24\"",
+    );
+    rejected(
+        &["--iface", "eth0", "--iface", "eth9"],
+        "unknown interface \"eth9\"",
+    );
+    rejected(
+        &["--iface", "eth0", "--port", "0"],
+        "port 0 is out of range",
+    );
+    rejected(
+        &["--iface", "eth0", "--port", "70000"],
+        "port 70000 is out of range",
+    );
+    rejected(
+        &["--iface", "eth0", "--allow-file", "/nonexistent/allow"],
+        "cannot read allow file",
+    );
+}
+
+#[test]
+fn a_failed_attach_detaches_what_was_attached() {
+    // eth0 takes native XDP, lo does not: the whole run must fail and eth0 be left clean.
+    rejected(
+        &["--iface", "eth0", "--iface", "lo", "--mode", "native"],
+        "attaching XDP (Native) to lo",
+    );
+}

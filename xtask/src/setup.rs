@@ -1,0 +1,177 @@
+//! Idempotent set-up of a fresh machine: rust-src, bpf-linker, Debian packages.
+//!
+//! Each step checks first and does nothing when its result is already there, so a second run
+//! takes seconds. Every action it takes is printed.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// bpf-linker release that builds with the toolchains here (see ../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and the lab use (binary that proves each one is there).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("bpftool", "bpftool")];
+
+pub fn setup(root: &Path) -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker(root)?;
+    debian_packages()?;
+    Ok(())
+}
+
+/// PATH with `.tools/bin` first, for cargo invocations that link the BPF crate.
+pub fn path_with_tools(root: &Path) -> OsString {
+    let mut dirs = vec![tools_dir(root).join("bin")];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("PATH entries contain no separator")
+}
+
+fn tools_dir(root: &Path) -> PathBuf {
+    root.join(".tools")
+}
+
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("setup: running {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the nightly toolchain is needed to build the XDP program")?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain (for -Z build-std=core)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// LLVM major version of the nightly rustc, from `rustc +nightly -vV`.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let version = output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
+    let llvm = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` prints no LLVM version")?;
+    llvm.split('.')
+        .next()
+        .and_then(|major| major.trim().parse().ok())
+        .with_context(|| format!("odd LLVM version {llvm:?}"))
+}
+
+/// Builds bpf-linker into .tools/bin against the nightly's own LLVM, unless the one there was
+/// built for the same LLVM major (recorded in a stamp file).
+fn bpf_linker(root: &Path) -> anyhow::Result<()> {
+    let tools = tools_dir(root);
+    let major = nightly_llvm_major()?;
+    let stamp = tools.join("bpf-linker.stamp");
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major}");
+    let binary = tools.join("bin/bpf-linker");
+    if binary.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted) {
+        return Ok(());
+    }
+
+    eprintln!(
+        "setup: building {wanted} into {} (about a minute)",
+        tools.display()
+    );
+    let prefix = llvm_prefix(&tools, major)?;
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .arg("--root")
+            .arg(&tools)
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    std::fs::write(&stamp, format!("{wanted}\n")).context("writing the bpf-linker stamp")?;
+    Ok(())
+}
+
+/// A directory whose `lib/libLLVM.so` is nightly's own shared LLVM: the right major version
+/// by construction, with nothing to install.
+fn llvm_prefix(tools: &Path, major: u32) -> anyhow::Result<PathBuf> {
+    let sysroot =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let library = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&format!("libLLVM.so.{major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", lib.display()))?;
+    let prefix = tools.join(format!("llvm-{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&library, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), library.display()))?;
+    Ok(prefix)
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, binary)| !on_path(binary))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages {missing:?}");
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn on_path(binary: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .any(|dir| dir.join(binary).is_file())
+}
