@@ -40,7 +40,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     }
     tracing::info!(
         ports = ?plan.ports,
-        allowlist = plan.allow.len(),
+        allowlist = initial.len(),
         "filtering SYNs to the protected ports from sources outside the allowlist"
     );
     for cidr in &plan.allow {

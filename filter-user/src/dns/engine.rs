@@ -56,6 +56,8 @@ pub struct DnsEngine<R: Resolve> {
     names: BTreeMap<HostName, NameState>,
     sources: Sources,
     state_file: Option<StateFile>,
+    /// DNS confirmed or expired something since the state file was last written.
+    unsaved: bool,
     stats: DnsStats,
     random: Box<dyn FnMut() -> f64 + Send>,
 }
@@ -96,6 +98,7 @@ impl<R: Resolve> DnsEngine<R> {
                 .collect(),
             sources,
             state_file,
+            unsaved: false,
             stats: DnsStats::default(),
             random: Box::new(fastrand::f64),
         }
@@ -194,8 +197,8 @@ impl<R: Resolve> DnsEngine<R> {
     }
 
     /// Does everything due now: expires stale addresses, looks up the due names (all at
-    /// once), applies the answers, persists what DNS confirmed. Returns whether the wanted
-    /// allowlist changed.
+    /// once), applies the answers. Returns whether the wanted allowlist changed. What DNS
+    /// confirmed is written by [`DnsEngine::save_state`].
     pub async fn step(&mut self) -> bool {
         let before = self.wanted();
         let mut persist = self.expire(Instant::now());
@@ -232,25 +235,23 @@ impl<R: Resolve> DnsEngine<R> {
         }
         // Lookups take time: something may have gone stale meanwhile.
         persist |= self.expire(Instant::now());
-        if persist {
-            self.persist();
-        }
+        self.unsaved |= persist;
         self.wanted() != before
     }
 
     /// Runs until the receiving side is gone, publishing every change of the wanted allowlist.
     pub async fn run(mut self, updates: watch::Sender<AllowlistUpdate>) {
+        let mut published = AllowlistUpdate::default();
         loop {
-            let stats_before = self.stats.clone();
-            // Published on counter changes too, so failures are visible to the caller.
-            if self.step().await || self.stats != stats_before {
-                let update = AllowlistUpdate {
-                    wanted: self.wanted(),
-                    stats: self.stats.clone(),
-                };
-                if updates.send(update).is_err() {
-                    return;
-                }
+            self.step().await;
+            // Counter changes are published too, so failures are visible to the caller.
+            if !self.publish(&updates, &mut published) {
+                return;
+            }
+            // After publishing: a slow fsync must not delay the map update.
+            self.save_state().await;
+            if !self.publish(&updates, &mut published) {
+                return;
             }
             let Some(next) = self.next_event() else {
                 // No names: nothing will ever be due.
@@ -262,6 +263,24 @@ impl<R: Resolve> DnsEngine<R> {
                 _ = updates.closed() => return,
             }
         }
+    }
+
+    /// Sends the allowlist and counters if they differ from what was last sent; false once
+    /// nobody listens.
+    fn publish(
+        &self,
+        updates: &watch::Sender<AllowlistUpdate>,
+        published: &mut AllowlistUpdate,
+    ) -> bool {
+        let update = AllowlistUpdate {
+            wanted: self.wanted(),
+            stats: self.stats.clone(),
+        };
+        if update == *published {
+            return !updates.is_closed();
+        }
+        *published = update.clone();
+        updates.send(update).is_ok()
     }
 
     fn apply(&mut self, name: &HostName, answer: NameAnswer, now: Instant) -> bool {
@@ -340,10 +359,17 @@ impl<R: Resolve> DnsEngine<R> {
         expired_any
     }
 
-    fn persist(&mut self) {
-        let Some(file) = &self.state_file else {
+    /// Writes the state file if DNS confirmed or expired anything since the last write. The
+    /// write (with its fsyncs) runs on a blocking thread, so the daemon's loop never waits
+    /// for the disk. A failed write is counted and logged, never fatal.
+    pub async fn save_state(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let Some(file) = self.state_file.clone() else {
             return;
         };
+        self.unsaved = false;
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let grace = self.policy.stale_grace;
@@ -377,10 +403,15 @@ impl<R: Resolve> DnsEngine<R> {
                 })
                 .collect(),
         };
-        match file.save(&saved) {
+        let result = tokio::task::spawn_blocking(move || file.save(&saved))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("the writing thread failed: {error}")));
+        match result {
             Ok(()) => self.stats.state_writes += 1,
             Err(error) => {
                 self.stats.state_write_failures += 1;
+                // Try again after the next lookup round.
+                self.unsaved = true;
                 tracing::warn!("could not write the DNS state file: {error:#}");
             }
         }
@@ -599,8 +630,8 @@ mod tests {
         dir
     }
 
-    /// Runs the engine until `until` (paused clock), returning every published allowlist with
-    /// the second it was published at.
+    /// Runs the engine until `until` (paused clock), returning every change of the published
+    /// allowlist with the second it was published at.
     async fn run_until(engine: DnsEngine<Scripted>, until: Duration) -> Vec<(u64, BTreeSet<Cidr>)> {
         let start = Instant::now();
         let (tx, mut rx) = watch::channel(AllowlistUpdate::default());
@@ -614,7 +645,10 @@ mod tests {
                 changed = rx.changed() => {
                     changed.expect("engine runs");
                     let wanted = rx.borrow_and_update().wanted.clone();
-                    seen.push((start.elapsed().as_secs(), wanted));
+                    // Updates also come for counter changes: keep the allowlist changes.
+                    if seen.last().is_none_or(|(_, last)| *last != wanted) {
+                        seen.push((start.elapsed().as_secs(), wanted));
+                    }
                 }
             }
         }
@@ -703,10 +737,13 @@ mod tests {
             [0, 2, 3, 5, 9, 13, 17, 21, 25],
             "back-off 1, 2, 4, 4, ..."
         );
+        // The first publication carries the list as it is; only the expiry changes it.
         assert_eq!(
             seen,
-            [(20, cidrs(&["198.51.100.0/24"]))],
-            "only the expiry changed it"
+            [
+                (0, cidrs(&["198.51.100.0/24", "192.0.2.1"])),
+                (20, cidrs(&["198.51.100.0/24"]))
+            ]
         );
     }
 
@@ -730,7 +767,11 @@ mod tests {
         let mut first = engine(&resolver, policy(1, 60, 600), &["relay.test"], Some(&dir));
         assert_eq!(first.restore(), 0, "no file yet");
         first.step().await;
+        assert_eq!(first.stats().state_writes, 0, "written only when asked");
+        first.save_state().await;
         assert_eq!(first.stats().state_writes, 1);
+        first.save_state().await;
+        assert_eq!(first.stats().state_writes, 1, "nothing new to write");
 
         // A restart with DNS down: the saved addresses are back before any lookup.
         let down = Scripted::default();
