@@ -182,6 +182,17 @@ impl RunArgs {
             max_refresh: self.dns_max_refresh,
             stale_grace: self.dns_stale_grace,
         };
+        // Bounded so that deadlines computed from them can never overflow the clock.
+        for (flag, value) in [
+            ("--dns-min-refresh", policy.min_refresh),
+            ("--dns-max-refresh", policy.max_refresh),
+            ("--dns-stale-grace", policy.stale_grace),
+            ("--dns-timeout", self.dns_timeout.unwrap_or_default()),
+        ] {
+            if value > MAX_DNS_DURATION {
+                bail!("{flag} ({value:?}) is longer than a year");
+            }
+        }
         if policy.min_refresh.is_zero() {
             bail!("--dns-min-refresh must be more than 0");
         }
@@ -212,6 +223,9 @@ impl RunArgs {
         }))
     }
 }
+
+/// The longest duration any DNS flag accepts.
+const MAX_DNS_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A name server: `ADDR`, `ADDR:PORT`, `[IPV6]` or `[IPV6]:PORT`; the port defaults to 53.
 pub fn parse_dns_server(text: &str) -> anyhow::Result<SocketAddr> {
@@ -461,6 +475,7 @@ mod tests {
         assert!(with(&["--dns-min-refresh", "2h"]).contains("longer than --dns-max-refresh"));
         assert!(with(&["--dns-stale-grace", "30m"]).contains("must be longer"));
         assert!(with(&["--dns-timeout", "0s"]).contains("more than 0"));
+        assert!(with(&["--dns-stale-grace", "10000h"]).contains("longer than a year"));
     }
 
     #[test]

@@ -143,7 +143,10 @@ impl<R: Resolve> DnsEngine<R> {
                 let Some(confirmed) = saved_family.confirmed_unix else {
                     continue;
                 };
-                let confirmed = UNIX_EPOCH + Duration::from_secs(confirmed);
+                let Some(confirmed) = UNIX_EPOCH.checked_add(Duration::from_secs(confirmed)) else {
+                    tracing::warn!(%name, family = label, "saved confirmation time out of range; not restored");
+                    continue;
+                };
                 // A time in the future (clock stepped back) counts as now.
                 let age = wall_now.duration_since(confirmed).unwrap_or_default();
                 if age >= self.policy.stale_grace {

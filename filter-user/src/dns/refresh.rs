@@ -38,7 +38,9 @@ impl RefreshPolicy {
     /// The delay before the next refresh after an answer whose smallest TTL is `ttl`.
     /// `rand01` in [0, 1) picks the jitter.
     pub fn refresh_delay(&self, ttl: Duration, rand01: f64) -> Duration {
-        let base = ttl.clamp(self.min_refresh, self.max_refresh);
+        // Not Duration::clamp: it panics on min > max, which `plan` rules out but a library
+        // caller might not.
+        let base = ttl.min(self.max_refresh).max(self.min_refresh);
         base + jitter(base, rand01)
     }
 
@@ -57,7 +59,13 @@ impl RefreshPolicy {
 }
 
 fn jitter(base: Duration, rand01: f64) -> Duration {
-    base.mul_f64(rand01.clamp(0.0, 1.0) / 16.0).min(MAX_JITTER)
+    // mul_f64 panics on NaN: a broken random source means no jitter, not a crash.
+    let fraction = if rand01.is_finite() {
+        rand01.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    base.mul_f64(fraction / 16.0).min(MAX_JITTER)
 }
 
 /// Which families a failure concerns.
@@ -301,6 +309,11 @@ mod tests {
         // Jitter only ever adds, by at most 1/16 and at most 30 s.
         assert_eq!(p.refresh_delay(320 * S, 0.999_999).as_secs(), 339);
         assert_eq!(p.refresh_delay(3600 * S, 0.999_999), 3630 * S);
+        assert_eq!(
+            p.refresh_delay(300 * S, f64::NAN),
+            300 * S,
+            "no jitter, no panic"
+        );
     }
 
     #[test]
