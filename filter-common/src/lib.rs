@@ -17,6 +17,10 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of [`super::FamilyCounters`], indexed by [`super::Family`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU single-entry array of [`super::RejectWindow`] (RST rate limit state).
+    pub const REJECT_WINDOW: &str = "REJECT_WINDOW";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 6] = [ALLOW_V4, ALLOW_V6, PORTS, CONFIG, COUNTERS, REJECT_WINDOW];
 }
 
 /// Name of the XDP program function in the BPF object.
@@ -53,6 +57,9 @@ pub enum Action {
     /// Pass it and count it as a would-be drop. Used before the allowlist holds anything,
     /// so a daemon that starts while DNS is down does not cut off the relays blind.
     Monitor = 1,
+    /// Answer a denied SYN with a TCP RST sent back out with `XDP_TX` (like iptables
+    /// `REJECT --reject-with tcp-reset`), within a per-CPU rate limit; drop beyond it.
+    Reject = 2,
 }
 
 impl Action {
@@ -60,6 +67,7 @@ impl Action {
     pub const fn from_raw(raw: u32) -> Self {
         match raw {
             1 => Action::Monitor,
+            2 => Action::Reject,
             _ => Action::Drop,
         }
     }
@@ -71,6 +79,20 @@ impl Action {
 pub struct Config {
     /// An [`Action`] as `u32`.
     pub action: u32,
+    /// With `Reject`: at most this many RSTs per second per CPU; denied SYNs beyond it are
+    /// dropped, so a flood cannot turn the filter into a reflector.
+    pub reject_per_cpu_per_sec: u32,
+}
+
+/// Default for [`Config::reject_per_cpu_per_sec`].
+pub const DEFAULT_REJECT_PER_CPU_PER_SEC: u32 = 1000;
+
+/// Per-CPU state of the RST rate limit: a one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectWindow {
+    pub window_start_ns: u64,
+    pub sent: u64,
 }
 
 /// Address family a counter row belongs to: the index into the `COUNTERS` array.
@@ -110,6 +132,9 @@ pub struct FamilyCounters {
     pub syn_dropped: u64,
     /// SYNs that would have been dropped but were passed because the action is `Monitor`.
     pub syn_would_drop: u64,
+    /// SYNs answered with a TCP RST (action `Reject`); those over the rate limit count as
+    /// `syn_dropped`.
+    pub syn_rejected: u64,
     /// Fragments and over-long header chains dropped because they could hide a SYN
     /// (tiny first fragments, fragment offset 1, IPv6 chains past the walk bound).
     pub evasive_dropped: u64,
@@ -125,6 +150,7 @@ impl FamilyCounters {
         self.syn_allowed += other.syn_allowed;
         self.syn_dropped += other.syn_dropped;
         self.syn_would_drop += other.syn_would_drop;
+        self.syn_rejected += other.syn_rejected;
         self.evasive_dropped += other.evasive_dropped;
         self.malformed += other.malformed;
     }
@@ -132,8 +158,10 @@ impl FamilyCounters {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C) structs of integers with no padding, valid for any bytes.
+    // SAFETY: these are repr(C) structs of integers with no padding, valid for any bytes.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FamilyCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RejectWindow {}
 }

@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 
+mod reject;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -14,7 +16,7 @@ use aya_ebpf::{
 };
 use filter_common::{
     ALLOWLIST_CAPACITY, Action, AllowEntry, Config, Family, FamilyCounters, MAX_IPV6_EXT_HEADERS,
-    PORT_PROTECTED, PORT_SLOTS, PortFlag,
+    PORT_PROTECTED, PORT_SLOTS, PortFlag, RejectWindow,
 };
 
 #[map(name = "ALLOW_V4")]
@@ -31,6 +33,9 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<FamilyCounters> = PerCpuArray::with_max_entries(Family::COUNT, 0);
+
+#[map(name = "REJECT_WINDOW")]
+static REJECT_WINDOW: PerCpuArray<RejectWindow> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -61,8 +66,8 @@ enum Outcome {
     Malformed,
     /// Protected SYN from an allowlisted source.
     SynAllowed,
-    /// Protected SYN from any other source.
-    SynDenied,
+    /// Protected SYN from any other source; its TCP header starts at `tcp`.
+    SynDenied { tcp: usize },
     /// A fragment or header chain that could hide a SYN, from a source not allowlisted.
     EvasiveDenied,
 }
@@ -84,6 +89,17 @@ enum Source {
     V6([u8; 16]),
 }
 
+/// What happens to a denied frame, by the configured action.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+    /// Monitor action: passed, counted as a would-be drop.
+    WouldDrop,
+    /// Answered with a RST through XDP_TX.
+    Rejected,
+}
+
 /// Bounds of the frame; every read is checked against `end` (the verifier insists).
 struct Frame {
     start: usize,
@@ -99,6 +115,17 @@ impl Frame {
         }
         // SAFETY: the N bytes at start+offset lie inside [data, data_end), checked just above.
         Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// Writes `bytes` at `offset`; false if the frame is shorter.
+    #[inline(always)]
+    fn write<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool {
+        if self.start + offset + N > self.end {
+            return false;
+        }
+        // SAFETY: the N bytes at start+offset lie inside [data, data_end), checked just above.
+        unsafe { core::ptr::write_unaligned((self.start + offset) as *mut [u8; N], *bytes) };
+        true
     }
 
     /// Bytes between `offset` and the end of the frame.
@@ -119,28 +146,46 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (family, outcome) = classify(&frame);
-    let deny = matches!(outcome, Outcome::SynDenied | Outcome::EvasiveDenied);
-    let monitor = deny && action() == Action::Monitor;
-    count(family, outcome, monitor);
-    if deny && !monitor {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    let (family, outcome, l3) = classify(&frame);
+    let verdict = match outcome {
+        Outcome::SynDenied { .. } | Outcome::EvasiveDenied => {
+            deny(&ctx, &frame, family, outcome, l3)
+        }
+        _ => Verdict::Pass,
+    };
+    count(family, outcome, verdict);
+    match verdict {
+        Verdict::Pass | Verdict::WouldDrop => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Rejected => xdp_action::XDP_TX,
     }
 }
 
-/// The configured action; read only on the deny path, so passing frames never pay for it.
+/// Applies the configured action to a denied frame. The config is read only here, so passing
+/// frames never pay for it.
 #[inline(always)]
-fn action() -> Action {
-    match CONFIG.get(0) {
-        Some(config) => Action::from_raw(config.action),
-        None => Action::Drop,
+fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: usize) -> Verdict {
+    let Some(config) = CONFIG.get(0) else {
+        return Verdict::Drop;
+    };
+    match Action::from_raw(config.action) {
+        Action::Drop => Verdict::Drop,
+        Action::Monitor => Verdict::WouldDrop,
+        Action::Reject => match outcome {
+            // Evasive fragments get no answer: there is no whole TCP header to answer.
+            Outcome::SynDenied { tcp }
+                if reject::within_rate(&REJECT_WINDOW, config.reject_per_cpu_per_sec)
+                    && reject::answer_with_rst(ctx, frame, family, l3, tcp) =>
+            {
+                Verdict::Rejected
+            }
+            _ => Verdict::Drop,
+        },
     }
 }
 
 #[inline(always)]
-fn count(family: Family, outcome: Outcome, monitor: bool) {
+fn count(family: Family, outcome: Outcome, verdict: Verdict) {
     let Some(row) = COUNTERS.get_ptr_mut(family as u32) else {
         return;
     };
@@ -148,20 +193,22 @@ fn count(family: Family, outcome: Outcome, monitor: bool) {
     // writes it concurrently.
     let row = unsafe { &mut *row };
     row.frames += 1;
-    match outcome {
-        Outcome::Pass => {}
-        Outcome::Malformed => row.malformed += 1,
-        Outcome::SynAllowed => row.syn_allowed += 1,
-        _ if monitor => row.syn_would_drop += 1,
-        Outcome::SynDenied => row.syn_dropped += 1,
-        Outcome::EvasiveDenied => row.evasive_dropped += 1,
+    match (outcome, verdict) {
+        (_, Verdict::WouldDrop) => row.syn_would_drop += 1,
+        (_, Verdict::Rejected) => row.syn_rejected += 1,
+        (Outcome::SynDenied { .. }, _) => row.syn_dropped += 1,
+        (Outcome::EvasiveDenied, _) => row.evasive_dropped += 1,
+        (Outcome::Malformed, _) => row.malformed += 1,
+        (Outcome::SynAllowed, _) => row.syn_allowed += 1,
+        (Outcome::Pass, _) => {}
     }
 }
 
 #[inline(always)]
-fn classify(frame: &Frame) -> (Family, Outcome) {
+/// Judges a frame; also returns where its IP header starts.
+fn classify(frame: &Frame) -> (Family, Outcome, usize) {
     let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
-        return (Family::Other, Outcome::Malformed);
+        return (Family::Other, Outcome::Malformed, 0);
     };
     let mut ethertype = be16(eth[12], eth[13]);
     let mut offset = ETH_HLEN;
@@ -170,16 +217,16 @@ fn classify(frame: &Frame) -> (Family, Outcome) {
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             let Some(tag) = frame.bytes::<4>(offset) else {
-                return (Family::Other, Outcome::Malformed);
+                return (Family::Other, Outcome::Malformed, 0);
             };
             ethertype = be16(tag[2], tag[3]);
             offset += 4;
         }
     }
     match ethertype {
-        ETH_P_IPV4 => (Family::Ipv4, classify_ipv4(frame, offset)),
-        ETH_P_IPV6 => (Family::Ipv6, classify_ipv6(frame, offset)),
-        _ => (Family::Other, Outcome::Pass),
+        ETH_P_IPV4 => (Family::Ipv4, classify_ipv4(frame, offset), offset),
+        ETH_P_IPV6 => (Family::Ipv6, classify_ipv6(frame, offset), offset),
+        _ => (Family::Other, Outcome::Pass, offset),
     }
 }
 
@@ -322,7 +369,7 @@ fn judge_tcp(
         if !port_protected(be16(tcp[2], tcp[3])) {
             return Outcome::Pass;
         }
-        return deny_unless_allowlisted(source, Outcome::SynDenied);
+        return deny_unless_allowlisted(source, Outcome::SynDenied { tcp: offset });
     }
     if fragment != Fragment::First {
         // A whole segment too short for a TCP header: the kernel discards it.

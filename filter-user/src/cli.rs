@@ -14,6 +14,7 @@ use crate::{
     cidr::{Cidr, parse_allow_file},
     dns::{self, DnsSettings, HostName, RefreshPolicy},
     filter::{AttachMode, interface_index},
+    pins::DEFAULT_PIN_DIR,
 };
 
 /// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
@@ -24,11 +25,49 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant (many flags) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the filter to interfaces and keep it running in the foreground until SIGINT or
-    /// SIGTERM, then detach.
+    /// Attach the filter to interfaces and keep its allowlist up to date, in the foreground.
+    /// The filter is pinned on bpffs: it stays attached and enforcing when the daemon stops
+    /// (unless --detach-on-exit), and a restarted daemon takes it over without a gap.
     Run(RunArgs),
+    /// Remove the pinned filter from all interfaces (or one), with its pins. Stop the daemon
+    /// first: while it runs it holds the filter.
+    Detach(DetachArgs),
+    /// Show the pinned filter: interfaces and modes, ports, action, allowlist, counters and
+    /// rates. Reads the pins, so it works while the daemon is down.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
+    /// nothing is mounted there yet).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Only this interface (default: all).
+    #[arg(long = "iface", value_name = "IF")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Counter rates are measured over this interval (`0` skips them).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub pins: PinArgs,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +98,17 @@ pub struct RunArgs {
     /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: AttachMode,
+
+    /// What to do with a denied SYN: `drop` it; `reject` it with a TCP RST sent from XDP (like
+    /// iptables REJECT --reject-with tcp-reset, rate-limited); or `monitor`: pass everything
+    /// and count would-be drops, for a safe rollout.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub action: ActionArg,
+
+    /// With `--action reject`: at most this many RSTs per second per CPU; beyond it denied
+    /// SYNs are dropped, so a spoofed flood cannot use the server as a reflector.
+    #[arg(long, value_name = "N", default_value_t = filter_common::DEFAULT_REJECT_PER_CPU_PER_SEC)]
+    pub reject_rate: u32,
 
     /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -99,6 +149,32 @@ pub struct RunArgs {
     /// would-be drops until it holds an address.
     #[arg(long)]
     pub strict: bool,
+
+    #[command(flatten)]
+    pub pins: PinArgs,
+
+    /// Detach (and unpin) when the daemon stops, instead of leaving the filter enforcing.
+    /// For development.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+/// `--action` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionArg {
+    Drop,
+    Reject,
+    Monitor,
+}
+
+impl From<ActionArg> for filter_common::Action {
+    fn from(action: ActionArg) -> Self {
+        match action {
+            ActionArg::Drop => filter_common::Action::Drop,
+            ActionArg::Reject => filter_common::Action::Reject,
+            ActionArg::Monitor => filter_common::Action::Monitor,
+        }
+    }
 }
 
 /// Everything `run` needs, validated: nothing is loaded or attached before this exists.
@@ -108,10 +184,15 @@ pub struct RunPlan {
     pub ports: BTreeSet<u16>,
     pub allow: BTreeSet<Cidr>,
     pub mode: AttachMode,
+    pub action: filter_common::Action,
+    pub reject_rate: u32,
     pub stats_interval: Duration,
     /// The DNS side, when there is at least one --allow-host.
     pub dns: Option<DnsSettings>,
     pub strict: bool,
+
+    pub pin_dir: PathBuf,
+    pub detach_on_exit: bool,
 }
 
 impl RunArgs {
@@ -151,9 +232,14 @@ impl RunArgs {
             ports,
             allow,
             mode: self.mode,
+            action: self.action.into(),
+            reject_rate: self.reject_rate,
             stats_interval: self.stats_interval,
             dns: self.dns_settings()?,
             strict: self.strict,
+
+            pin_dir: self.pins.pin_dir.clone(),
+            detach_on_exit: self.detach_on_exit,
         })
     }
 
@@ -291,6 +377,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(args) => args,
+            _ => unreachable!("parsed a run command line"),
         })
     }
 

@@ -3,13 +3,14 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use filter_common::Family;
+use filter_common::{Action, Family};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
     dns::{AllowlistUpdate, DnsEngine, Enforcer},
-    filter::{Counters, Filter},
+    filter::{AttachOutcome, Counters, Filter},
+    pins::PinDir,
 };
 
 /// Runs the filter until SIGINT or SIGTERM. Every input was validated in `plan`; a failure
@@ -18,8 +19,18 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
-    let mut filter = Filter::load()?;
-    filter.set_ports(&plan.ports, &BTreeSet::new())?;
+    let pins = PinDir::new(&plan.pin_dir);
+    pins.ensure_bpffs()?;
+    // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
+    let mut filter = Filter::load_pinned(&pins)?;
+    let previous_ports = filter.ports()?;
+    // Maps are filled before any attach, so a fresh interface is never filtered with an
+    // empty allowlist, and an adopted one switches program with its data already in place.
+    filter.set_ports(&plan.ports, &previous_ports)?;
+    filter.set_reject_rate(plan.reject_rate)?;
+    if plan.action == Action::Monitor {
+        tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
+    }
     // The state file first: a restart while DNS is down keeps the last known relays.
     let mut dns = match &plan.dns {
         Some(settings) => Some(DnsEngine::from_settings(settings, &plan.allow)?),
@@ -32,12 +43,26 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         }
         None => plan.allow.clone(),
     };
-    // Monitor while the allowlist is empty (unless --strict), drop once it holds something.
-    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.strict)?;
-    let modes = filter.attach_all(&plan.ifaces, plan.mode)?;
-    for (iface, mode) in plan.ifaces.iter().zip(&modes) {
-        tracing::info!(iface = %iface, mode = %mode, "attached XDP filter");
+    // Fills the allowlist and sets the action: the configured one, or monitor while the
+    // allowlist is still empty (unless --strict) until it holds an address.
+    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
+    let results = filter.attach_all_pinned(&plan.ifaces, plan.mode)?;
+    for (iface, (mode, outcome)) in plan.ifaces.iter().zip(&results) {
+        match outcome {
+            AttachOutcome::Attached => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter")
+            }
+            AttachOutcome::Adopted => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter (took over the pinned one without a gap)")
+            }
+            AttachOutcome::Upgraded { from_version } => tracing::info!(
+                iface = %iface,
+                mode = %mode,
+                "attached XDP filter (replaced pin layout v{from_version} without a gap)"
+            ),
+        }
     }
+    detach_unconfigured(&pins, &plan.ifaces);
     tracing::info!(
         ports = ?plan.ports,
         allowlist = initial.len(),
@@ -94,9 +119,44 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     }
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
-    filter.detach_all();
-    tracing::info!("detached; bye");
+    if plan.detach_on_exit {
+        filter.detach_all();
+        tracing::info!("detached; bye");
+    } else {
+        tracing::info!(
+            pins = %plan.pin_dir.display(),
+            "the filter stays attached and enforcing; `mxguard detach` removes it"
+        );
+    }
     Ok(())
+}
+
+/// Interfaces pinned by an earlier run but no longer configured are detached, so the running
+/// configuration is what filters.
+fn detach_unconfigured(pins: &PinDir, ifaces: &[String]) {
+    let links = match pins.links() {
+        Ok(links) => links,
+        Err(error) => return tracing::warn!("listing pinned links failed: {error:#}"),
+    };
+    for link in links.iter().filter(|link| !ifaces.contains(&link.iface)) {
+        match std::fs::remove_file(&link.path) {
+            Ok(()) => {
+                tracing::info!(iface = %link.iface, "detached XDP filter: interface no longer configured")
+            }
+            Err(error) => tracing::warn!(iface = %link.iface, "detaching failed: {error}"),
+        }
+    }
+    for version in links
+        .iter()
+        .map(|link| link.version)
+        .collect::<BTreeSet<_>>()
+    {
+        if version != crate::pins::LAYOUT_VERSION
+            && let Err(error) = pins.remove_version_if_unused(version)
+        {
+            tracing::warn!("removing old pins failed: {error:#}");
+        }
+    }
 }
 
 fn log_counters(filter: &Filter) {
@@ -112,11 +172,12 @@ pub fn summary(counters: &Counters) -> String {
     for family in Family::ALL {
         let row = counters.family(family);
         parts.push(format!(
-            "{}: frames={} syn_allowed={} syn_dropped={} syn_would_drop={} evasive_dropped={} malformed={}",
+            "{}: frames={} syn_allowed={} syn_dropped={} syn_rejected={} syn_would_drop={} evasive_dropped={} malformed={}",
             family.label(),
             row.frames,
             row.syn_allowed,
             row.syn_dropped,
+            row.syn_rejected,
             row.syn_would_drop,
             row.evasive_dropped,
             row.malformed

@@ -5,6 +5,8 @@ pub mod cli;
 pub mod daemon;
 pub mod dns;
 pub mod filter;
+pub mod pins;
+pub mod status;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.
 pub static BPF_OBJECT: &[u8] =

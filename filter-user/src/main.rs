@@ -34,5 +34,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(filter_user::daemon::run(plan))
         }
+        Command::Detach(args) => {
+            let detached = filter_user::status::detach(&args.pins.pin_dir, args.iface.as_deref())?;
+            for iface in detached {
+                println!("detached {iface}");
+            }
+            Ok(())
+        }
+        Command::Status(args) => {
+            let status = filter_user::status::read_status(&args.pins.pin_dir, args.interval)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", filter_user::status::render(&status));
+            }
+            Ok(())
+        }
     }
 }

@@ -71,7 +71,12 @@ pub struct Rig {
 impl Rig {
     /// As the daemon starts: load (port 25 protected), restore the state file, fill the map,
     /// pick the action, then start the engine task. Call inside a tokio runtime.
-    pub fn start<R: Resolve>(mut engine: DnsEngine<R>, strict: bool) -> Rig {
+    pub fn start<R: Resolve>(engine: DnsEngine<R>, strict: bool) -> Rig {
+        Rig::start_with(engine, Action::Drop, strict)
+    }
+
+    /// As [`Rig::start`], with `action` as the configured (`--action`) action.
+    pub fn start_with<R: Resolve>(mut engine: DnsEngine<R>, action: Action, strict: bool) -> Rig {
         crate::harness::require_root();
         let mut filter = Filter::load().expect("loading the XDP program");
         filter
@@ -79,7 +84,7 @@ impl Rig {
             .expect("protecting port 25");
         engine.restore();
         let initial = engine.wanted();
-        let enforcer = Enforcer::start(&mut filter, &initial, strict).expect("first fill");
+        let enforcer = Enforcer::start(&mut filter, &initial, action, strict).expect("first fill");
         let (tx, rx) = watch::channel(AllowlistUpdate::default());
         let task = tokio::spawn(engine.run(tx));
         let started = Instant::now();

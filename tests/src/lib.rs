@@ -7,4 +7,5 @@ pub mod dns_server;
 pub mod frames;
 pub mod harness;
 pub mod netns;
+pub mod pins;
 pub mod process;

@@ -62,6 +62,10 @@ impl Daemon {
         Daemon { child, lines }
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the child printed so far.
     pub fn log(&self) -> String {
         self.lines.lock().expect("log lock").join("\n")

@@ -12,6 +12,7 @@ use std::{
 use tests::{
     dns_server::{TestDns, bind_pair},
     netns::{MailLab, Netns},
+    pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
 
@@ -52,10 +53,15 @@ impl Drop for TempDir {
     }
 }
 
-fn mxguard_with_dns(lab: &MailLab, dns: SocketAddr, state_dir: &TempDir) -> Daemon {
-    let mut command = lab
-        .server
-        .command(mxguard_bin().to_str().expect("UTF-8 path"));
+/// mxguard on the server's eth0 with fresh maps (its own pin directory, unpinned on exit),
+/// so whatever it allows comes from DNS or the state file.
+fn mxguard_with_dns(
+    lab: &MailLab,
+    dns: SocketAddr,
+    state_dir: &TempDir,
+    pins: &TestPins,
+) -> Daemon {
+    let mut command = lab.server.command(mxguard_bin());
     command
         .arg("run")
         .args(["--iface", "eth0", "--allow-host", "relay.mx.test"])
@@ -64,6 +70,7 @@ fn mxguard_with_dns(lab: &MailLab, dns: SocketAddr, state_dir: &TempDir) -> Daem
         .args(["--dns-stale-grace", "10m", "--dns-timeout", "300ms"])
         .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
         .args(["--stats-interval", "0"])
+        .args(["--pin-dir", pins.arg(), "--detach-on-exit"])
         .env("RUST_LOG", "info");
     Daemon::spawn(command)
 }
@@ -97,12 +104,13 @@ fn dns_answers_decide_who_reaches_port_25() {
         TempDir(std::env::temp_dir().join(format!("mxguard-dns-e2e-{}", std::process::id())));
 
     // Empty start: monitor until DNS answers, then drop; only the relay gets through.
-    let mut daemon = mxguard_with_dns(&lab, dns.addr(), &state_dir);
+    let first_pins = TestPins::new();
+    let mut daemon = mxguard_with_dns(&lab, dns.addr(), &state_dir, &first_pins);
     daemon.wait_for("monitor mode at start", Duration::from_secs(30), |l| {
         l.contains("running in MONITOR mode")
     });
     daemon.wait_for("drop mode after the answer", Duration::from_secs(10), |l| {
-        l.contains("switching from MONITOR to DROP")
+        l.contains("switching from MONITOR to enforcing")
     });
     daemon.wait_for("the attach", Duration::from_secs(10), |l| {
         l.contains("attached XDP filter")
@@ -130,7 +138,8 @@ fn dns_answers_decide_who_reaches_port_25() {
 
     // DNS goes away and mxguard restarts: the state file still lets the relay in.
     runtime.block_on(dns.stop());
-    let mut daemon = mxguard_with_dns(&lab, dns.addr(), &state_dir);
+    let second_pins = TestPins::new();
+    let mut daemon = mxguard_with_dns(&lab, dns.addr(), &state_dir, &second_pins);
     daemon.wait_for("the restore", Duration::from_secs(30), |l| {
         l.contains("restored from the state file")
     });

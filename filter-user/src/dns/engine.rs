@@ -446,13 +446,16 @@ fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
     text
 }
 
-/// Writes the wanted allowlist into the filter and keeps the action right: `Monitor` while the
-/// allowlist is still empty (unless strict), `Drop` from the moment it holds anything, and
-/// never back: once dropping, an allowlist emptied by stale expiry keeps dropping (fail
-/// closed).
+/// Writes the wanted allowlist into the filter and keeps the action right: the configured
+/// action (`drop` or `reject`), except `monitor` while the allowlist is still empty at start
+/// (unless strict), until it first holds an address. Never back: once enforcing, an allowlist
+/// emptied by stale expiry keeps being enforced (fail closed). A configured `monitor` stays.
 #[derive(Debug)]
 pub struct Enforcer {
+    /// The action in force.
     action: Action,
+    /// The action to enforce once the allowlist holds something.
+    configured: Action,
 }
 
 impl Enforcer {
@@ -461,35 +464,44 @@ impl Enforcer {
     pub fn start(
         filter: &mut Filter,
         wanted: &BTreeSet<Cidr>,
+        configured: Action,
         strict: bool,
     ) -> anyhow::Result<Self> {
-        filter.sync_allowlist(wanted)?;
-        let action = if wanted.is_empty() && !strict {
+        let change = filter.sync_allowlist(wanted)?;
+        for cidr in &change.added {
+            tracing::info!(%cidr, "allowlist: added");
+        }
+        for cidr in &change.removed {
+            tracing::info!(%cidr, "allowlist: removed");
+        }
+        let action = if !wanted.is_empty() || configured == Action::Monitor {
+            configured
+        } else if strict {
+            tracing::warn!(
+                action = ?configured,
+                "the allowlist is empty and --strict is set: every SYN to a protected port is \
+                 denied until DNS answers"
+            );
+            configured
+        } else {
             tracing::warn!(
                 "the allowlist is empty: running in MONITOR mode (would-be drops are counted \
-                 but passed) until it holds an address; use --strict to drop from the start"
+                 but passed) until it holds an address; use --strict to enforce from the start"
             );
             Action::Monitor
-        } else {
-            if wanted.is_empty() {
-                tracing::warn!(
-                    "the allowlist is empty and --strict is set: every SYN to a protected port \
-                     is dropped until DNS answers"
-                );
-            }
-            Action::Drop
         };
         filter.set_action(action)?;
-        Ok(Enforcer { action })
+        Ok(Enforcer { action, configured })
     }
 
+    /// The action in force.
     pub fn action(&self) -> Action {
         self.action
     }
 
     /// Makes the map hold exactly `wanted` (new entries first, then the ones no source
-    /// contributes any more), logs what changed, and leaves monitor mode once it holds
-    /// something.
+    /// contributes any more), logs what changed, and leaves the start-up monitor mode once it
+    /// holds something.
     pub fn apply(
         &mut self,
         filter: &mut Filter,
@@ -505,18 +517,19 @@ impl Enforcer {
             );
         }
         if wanted.is_empty() {
-            if self.action == Action::Drop && !change.removed.is_empty() {
+            if self.action != Action::Monitor && !change.removed.is_empty() {
                 tracing::error!(
                     "the allowlist is now empty (stale addresses expired): every SYN to a \
-                     protected port is dropped until DNS answers again"
+                     protected port is denied until DNS answers again"
                 );
             }
-        } else if self.action == Action::Monitor {
-            filter.set_action(Action::Drop)?;
-            self.action = Action::Drop;
+        } else if self.action != self.configured {
+            filter.set_action(self.configured)?;
+            self.action = self.configured;
             tracing::info!(
                 entries = wanted.len(),
-                "the allowlist holds addresses now: switching from MONITOR to DROP"
+                action = ?self.configured,
+                "the allowlist holds addresses now: switching from MONITOR to enforcing"
             );
         }
         Ok(change)
