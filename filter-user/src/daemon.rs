@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
+    dns::{AllowlistUpdate, DnsEngine, Enforcer},
     filter::{AttachOutcome, Counters, Filter},
     metrics,
     pins::PinDir,
@@ -34,20 +35,24 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     // empty allowlist, and an adopted one switches program with its data already in place.
     filter.set_ports(&plan.ports, &previous_ports)?;
     filter.set_reject_rate(plan.reject_rate)?;
-    filter.set_action(plan.action)?;
     if plan.action == Action::Monitor {
         tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
     }
-    let change = filter.sync_allowlist(&plan.allow)?;
-    for cidr in &change.added {
-        tracing::info!(%cidr, "allowlist: added");
-    }
-    for cidr in &change.removed {
-        tracing::info!(%cidr, "allowlist: removed");
-    }
-    if plan.allow.is_empty() {
-        tracing::warn!("the allowlist is empty: every SYN to a protected port will be dropped");
-    }
+    // The state file first: a restart while DNS is down keeps the last known relays.
+    let mut dns = match &plan.dns {
+        Some(settings) => Some(DnsEngine::from_settings(settings, &plan.allow)?),
+        None => None,
+    };
+    let initial = match &mut dns {
+        Some(engine) => {
+            engine.restore();
+            engine.wanted()
+        }
+        None => plan.allow.clone(),
+    };
+    // Fills the allowlist and sets the action: the configured one, or monitor while the
+    // allowlist is still empty (unless --strict) until it holds an address.
+    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
     let results = filter.attach_all_pinned(&plan.ifaces, plan.mode)?;
     for (iface, (mode, outcome)) in plan.ifaces.iter().zip(&results) {
         match outcome {
@@ -70,12 +75,28 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
     }
     tracing::info!(
         ports = ?plan.ports,
-        allowlist = plan.allow.len(),
+        allowlist = initial.len(),
         "filtering SYNs to the protected ports from sources outside the allowlist"
     );
     for cidr in &plan.allow {
         tracing::info!(%cidr, "allowlisted");
     }
+
+    // The DNS task publishes the wanted allowlist; this loop alone touches the filter.
+    let (dns_tx, mut dns_rx) = tokio::sync::watch::channel(AllowlistUpdate::default());
+    let dns_task = dns.map(|engine| {
+        if let Some(settings) = &plan.dns {
+            tracing::info!(
+                hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                servers = ?settings.servers,
+                policy = ?settings.policy,
+                state_dir = %settings.state_dir.display(),
+                "resolving allowlist host names"
+            );
+        }
+        tokio::spawn(engine.run(dns_tx))
+    });
+    let mut dns_open = dns_task.is_some();
 
     let mut ticker = (!plan.stats_interval.is_zero()).then(|| {
         let mut ticker = tokio::time::interval(plan.stats_interval);
@@ -111,8 +132,23 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                     }
                 }
             }
+            changed = dns_rx.changed(), if dns_open => {
+                if changed.is_err() {
+                    // Fail static: the map keeps what it has.
+                    tracing::error!("the DNS task ended; the allowlist stays as it is");
+                    dns_open = false;
+                    continue;
+                }
+                let update = dns_rx.borrow_and_update().clone();
+                if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
+                    tracing::error!("updating the allowlist failed: {error:#}");
+                }
+            }
         }
     };
+    if let Some(task) = dns_task {
+        task.abort();
+    }
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
     if plan.detach_on_exit {

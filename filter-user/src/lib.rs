@@ -3,6 +3,7 @@
 pub mod cidr;
 pub mod cli;
 pub mod daemon;
+pub mod dns;
 pub mod filter;
 pub mod metrics;
 pub mod pins;
