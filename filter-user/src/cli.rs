@@ -36,6 +36,9 @@ pub enum Command {
     /// Remove the pinned filter from all interfaces (or one), with its pins. Stop the daemon
     /// first: while it runs it holds the filter.
     Detach(DetachArgs),
+    /// Validate the configuration (file and flags, as `run` would read them) and print the
+    /// effective configuration. Exits non-zero on any error.
+    CheckConfig(RunArgs),
     /// Show the pinned filter: interfaces and modes, ports, action, allowlist, counters and
     /// rates. Reads the pins, so it works while the daemon is down.
     Status(StatusArgs),
@@ -72,8 +75,14 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// TOML configuration file holding any of these flags under their own names; a flag given
+    /// here overrides the file. Default: /etc/mxguard/mxguard.toml if it exists. SIGHUP
+    /// re-reads it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Interface to protect (repeatable). The filter sees frames arriving on it.
-    #[arg(long = "iface", value_name = "IF", required = true)]
+    #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
 
     /// TCP port whose incoming SYNs are filtered (repeatable, or comma-separated). Default: 25.
@@ -202,6 +211,9 @@ pub struct RunPlan {
 impl RunArgs {
     /// Validates every argument and reads the allow files. Any error names the bad input.
     pub fn plan(&self) -> anyhow::Result<RunPlan> {
+        if self.ifaces.is_empty() {
+            bail!("no interface to protect: give --iface or set `iface` in the config file");
+        }
         let mut ifaces = Vec::new();
         for iface in &self.ifaces {
             interface_index(iface)?;
@@ -382,7 +394,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(args) => args,
-            _ => unreachable!("parsed a run command line"),
+            _ => panic!("parsed a run command line"),
         })
     }
 

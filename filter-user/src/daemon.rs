@@ -17,9 +17,14 @@ use crate::{
 
 /// Runs the filter until SIGINT or SIGTERM. Every input was validated in `plan`; a failure
 /// while loading or attaching leaves nothing attached.
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+/// `reload` re-reads the configuration on SIGHUP.
+pub async fn run(
+    plan: RunPlan,
+    reload: impl Fn() -> anyhow::Result<RunPlan>,
+) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // Bind the metrics port before touching the kernel: a taken port is a config error.
     if let Some(addr) = plan.metrics_addr {
@@ -39,17 +44,7 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
     }
     // The state file first: a restart while DNS is down keeps the last known relays.
-    let mut dns = match &plan.dns {
-        Some(settings) => Some(DnsEngine::from_settings(settings, &plan.allow)?),
-        None => None,
-    };
-    let initial = match &mut dns {
-        Some(engine) => {
-            engine.restore();
-            engine.wanted()
-        }
-        None => plan.allow.clone(),
-    };
+    let (initial, mut sources) = AllowSources::start(&plan)?;
     // Fills the allowlist and sets the action: the configured one, or monitor while the
     // allowlist is still empty (unless --strict) until it holds an address.
     let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
@@ -82,27 +77,8 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         tracing::info!(%cidr, "allowlisted");
     }
 
-    // The DNS task publishes the wanted allowlist; this loop alone touches the filter.
-    let (dns_tx, mut dns_rx) = tokio::sync::watch::channel(AllowlistUpdate::default());
-    let dns_task = dns.map(|engine| {
-        if let Some(settings) = &plan.dns {
-            tracing::info!(
-                hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                servers = ?settings.servers,
-                policy = ?settings.policy,
-                state_dir = %settings.state_dir.display(),
-                "resolving allowlist host names"
-            );
-        }
-        tokio::spawn(engine.run(dns_tx))
-    });
-    let mut dns_open = dns_task.is_some();
-
-    let mut ticker = (!plan.stats_interval.is_zero()).then(|| {
-        let mut ticker = tokio::time::interval(plan.stats_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticker = stats_ticker(&plan);
+    let mut plan = plan;
     // Sampled drops are tallied into the pinned DROPPED_SOURCES map for `status`; without
     // them the filter works the same, so a failure here is only a warning.
     let mut samples = match filter.take_drop_samples().and_then(DropSamples::new) {
@@ -132,23 +108,25 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
                     }
                 }
             }
-            changed = dns_rx.changed(), if dns_open => {
-                if changed.is_err() {
-                    // Fail static: the map keeps what it has.
-                    tracing::error!("the DNS task ended; the allowlist stays as it is");
-                    dns_open = false;
-                    continue;
-                }
-                let update = dns_rx.borrow_and_update().clone();
+            update = sources.next_update() => {
                 if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
                     tracing::error!("updating the allowlist failed: {error:#}");
+                }
+                metrics::publish_dns(&update.stats);
+            }
+            _ = sighup.recv() => {
+                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, &plan, new)) {
+                    Ok(new) => {
+                        plan = new;
+                        ticker = stats_ticker(&plan);
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(error) => tracing::error!("reload rejected, the running configuration stays: {error:#}"),
                 }
             }
         }
     };
-    if let Some(task) = dns_task {
-        task.abort();
-    }
+    sources.stop();
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
     if plan.detach_on_exit {
@@ -161,6 +139,102 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn stats_ticker(plan: &RunPlan) -> Option<tokio::time::Interval> {
+    (!plan.stats_interval.is_zero()).then(|| {
+        let mut ticker = tokio::time::interval(plan.stats_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    })
+}
+
+/// Applies a reloaded configuration without detaching: ports (new ones first), RST rate,
+/// action, and the allowlist sources (static prefixes, names, DNS settings). What needs a
+/// restart is refused before anything changes.
+fn reconfigure(
+    filter: &mut Filter,
+    enforcer: &mut Enforcer,
+    sources: &mut AllowSources,
+    running: &RunPlan,
+    new: RunPlan,
+) -> anyhow::Result<RunPlan> {
+    crate::config::check_reloadable(running, &new)?;
+    // Build the new sources before touching anything, so a failure leaves all as it was.
+    let replacement = (new.allow != running.allow || new.dns != running.dns)
+        .then(|| AllowSources::start(&new))
+        .transpose()?;
+    filter.set_ports(&new.ports, &running.ports)?;
+    filter.set_reject_rate(new.reject_rate)?;
+    enforcer.reconfigure(filter, new.action)?;
+    if let Some((initial, replacement)) = replacement {
+        // Add-before-remove holds across the switch: sync adds the new set's entries first.
+        enforcer.apply(filter, &initial)?;
+        std::mem::replace(sources, replacement).stop();
+    }
+    tracing::info!(ports = ?new.ports, action = ?new.action, "reloaded configuration applied");
+    Ok(new)
+}
+
+/// Where the allowlist comes from: static prefixes alone, or the DNS engine (which includes
+/// them) running as a task that publishes the wanted set.
+struct AllowSources {
+    task: Option<tokio::task::JoinHandle<()>>,
+    updates: Option<tokio::sync::watch::Receiver<AllowlistUpdate>>,
+}
+
+impl AllowSources {
+    /// Restores names from the state file and starts resolving; returns the allowlist to fill
+    /// right away.
+    fn start(plan: &RunPlan) -> anyhow::Result<(BTreeSet<crate::cidr::Cidr>, Self)> {
+        let Some(settings) = &plan.dns else {
+            return Ok((
+                plan.allow.clone(),
+                AllowSources {
+                    task: None,
+                    updates: None,
+                },
+            ));
+        };
+        let mut engine = DnsEngine::from_settings(settings, &plan.allow)?;
+        engine.restore();
+        let initial = engine.wanted();
+        tracing::info!(
+            hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            servers = ?settings.servers,
+            policy = ?settings.policy,
+            state_dir = %settings.state_dir.display(),
+            "resolving allowlist host names"
+        );
+        let (sender, receiver) = tokio::sync::watch::channel(AllowlistUpdate::default());
+        let task = tokio::spawn(engine.run(sender));
+        Ok((
+            initial,
+            AllowSources {
+                task: Some(task),
+                updates: Some(receiver),
+            },
+        ))
+    }
+
+    /// The next published allowlist; pending forever without DNS, or once the task ended
+    /// (fail static: the map keeps what it has).
+    async fn next_update(&mut self) -> AllowlistUpdate {
+        if let Some(updates) = &mut self.updates {
+            if updates.changed().await.is_ok() {
+                return updates.borrow_and_update().clone();
+            }
+            tracing::error!("the DNS task ended; the allowlist stays as it is");
+            self.updates = None;
+        }
+        std::future::pending().await
+    }
+
+    fn stop(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+    }
 }
 
 /// Interfaces pinned by an earlier run but no longer configured are detached, so the running

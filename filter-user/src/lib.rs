@@ -2,6 +2,7 @@
 
 pub mod cidr;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod filter;

@@ -47,6 +47,16 @@ pub fn publish_allowlist(allowlist: &BTreeSet<Cidr>) {
     gauge!("mxguard_allowlist_entries", "family" => "ipv6").set((allowlist.len() - v4) as f64);
 }
 
+/// DNS lookups and failures (the engine's totals over all names).
+pub fn publish_dns(stats: &crate::dns::DnsStats) {
+    counter!("mxguard_dns_lookups_total").absolute(stats.lookups);
+    counter!("mxguard_dns_failures_total").absolute(stats.failures);
+    counter!("mxguard_dns_expired_total").absolute(stats.expired);
+    for (kind, count) in &stats.failures_by_kind {
+        counter!("mxguard_dns_failures_by_kind_total", "kind" => kind.clone()).absolute(*count);
+    }
+}
+
 pub fn publish_attachment(iface: &str, mode: &str) {
     gauge!("mxguard_attached", "interface" => iface.to_owned(), "mode" => mode.to_owned()).set(1.0);
 }

@@ -499,6 +499,18 @@ impl Enforcer {
         self.action
     }
 
+    /// A reload changed the configured action: it takes effect now, unless the start-up
+    /// monitor mode is still waiting for a first address (then it takes effect with it).
+    pub fn reconfigure(&mut self, filter: &mut Filter, configured: Action) -> anyhow::Result<()> {
+        let waiting_for_first_address = self.action != self.configured;
+        self.configured = configured;
+        if !waiting_for_first_address || configured == Action::Monitor {
+            filter.set_action(configured)?;
+            self.action = configured;
+        }
+        Ok(())
+    }
+
     /// Makes the map hold exactly `wanted` (new entries first, then the ones no source
     /// contributes any more), logs what changed, and leaves the start-up monitor mode once it
     /// holds something.
