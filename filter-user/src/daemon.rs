@@ -44,7 +44,7 @@ pub async fn run(
         tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
     }
     // The state file first: a restart while DNS is down keeps the last known relays.
-    let (initial, mut sources) = AllowSources::start(&plan)?;
+    let (initial, mut sources) = AllowSources::start(&plan, &filter.allowlist()?)?;
     // Fills the allowlist and sets the action: the configured one, or monitor while the
     // allowlist is still empty (unless --strict) until it holds an address.
     let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
@@ -162,7 +162,7 @@ fn reconfigure(
     crate::config::check_reloadable(running, &new)?;
     // Build the new sources before touching anything, so a failure leaves all as it was.
     let replacement = (new.allow != running.allow || new.dns != running.dns)
-        .then(|| AllowSources::start(&new))
+        .then(|| AllowSources::start(&new, &BTreeSet::new()))
         .transpose()?;
     filter.set_ports(&new.ports, &running.ports)?;
     filter.set_reject_rate(new.reject_rate)?;
@@ -185,8 +185,13 @@ struct AllowSources {
 
 impl AllowSources {
     /// Restores names from the state file and starts resolving; returns the allowlist to fill
-    /// right away.
-    fn start(plan: &RunPlan) -> anyhow::Result<(BTreeSet<crate::cidr::Cidr>, Self)> {
+    /// right away. When the state file gives nothing (missing or corrupt), the entries already
+    /// in the pinned maps (`pinned`) are kept until DNS answers: a lost state file must not
+    /// empty a working allowlist.
+    fn start(
+        plan: &RunPlan,
+        pinned: &BTreeSet<crate::cidr::Cidr>,
+    ) -> anyhow::Result<(BTreeSet<crate::cidr::Cidr>, Self)> {
         let Some(settings) = &plan.dns else {
             return Ok((
                 plan.allow.clone(),
@@ -197,8 +202,15 @@ impl AllowSources {
             ));
         };
         let mut engine = DnsEngine::from_settings(settings, &plan.allow)?;
-        engine.restore();
-        let initial = engine.wanted();
+        let restored = engine.restore();
+        let mut initial = engine.wanted();
+        if restored == 0 && !pinned.is_empty() {
+            tracing::warn!(
+                entries = pinned.len(),
+                "no addresses restored from the state file: keeping the pinned allowlist until DNS answers"
+            );
+            initial.extend(pinned.iter().copied());
+        }
         tracing::info!(
             hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
             servers = ?settings.servers,

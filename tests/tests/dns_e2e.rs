@@ -159,3 +159,66 @@ fn dns_answers_decide_who_reaches_port_25() {
     );
     assert!(daemon.stop().success(), "{}", daemon.log_tail());
 }
+
+#[test]
+fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (udp, tcp) = lab
+        .server
+        .run(|| bind_pair("127.0.0.1".parse().expect("loopback")));
+    let mut dns = {
+        let _inside = runtime.enter();
+        TestDns::serve(udp, tcp)
+    };
+    dns.set("relay.mx.test", &[&MailLab::RELAY.v4.to_string()], 60);
+    let state_dir =
+        TempDir(std::env::temp_dir().join(format!("mxguard-dns-lost-{}", std::process::id())));
+    let pins = TestPins::new();
+    let dns_addr = dns.addr().to_string();
+    // Both runs keep their pins: the second must take over the first one's maps.
+    let start = || {
+        let mut command = lab.server.command(mxguard_bin());
+        command
+            .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
+            .args([
+                "--dns-server",
+                &dns_addr,
+                "--dns-timeout",
+                "300ms",
+            ])
+            .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
+            .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
+            .env("RUST_LOG", "info");
+        Daemon::spawn(command)
+    };
+    let mut first = start();
+    first.wait_for("enforcing", Duration::from_secs(30), |l| {
+        l.contains("switching from MONITOR to enforcing")
+    });
+    assert!(first.stop().success());
+
+    // The state file is lost (corrupt) and DNS is down when the daemon comes back.
+    std::fs::write(state_dir.0.join("dns-allowlist.json"), b"{ not json").unwrap();
+    runtime.block_on(dns.stop());
+    let mut second = start();
+    second.wait_for("the pinned allowlist kept", Duration::from_secs(30), |l| {
+        l.contains("keeping the pinned allowlist")
+    });
+    second.wait_for("the attach", Duration::from_secs(10), |l| {
+        l.contains("attached XDP filter")
+    });
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &second);
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &second);
+    assert!(
+        !second.log().contains("MONITOR mode"),
+        "{}",
+        second.log_tail()
+    );
+    assert!(second.stop().success());
+}
