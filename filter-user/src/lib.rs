@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod filter;
 pub mod metrics;
 pub mod pins;
+pub mod reference;
 pub mod samples;
 pub mod status;
 
