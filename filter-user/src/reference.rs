@@ -9,8 +9,8 @@
 //!   the tag loop below uses only the single-tag slice and decides itself what a tag is;
 //! - an authentication header with payload length 0 is 8 bytes by the rule; etherparse
 //!   rejects it;
-//! - etherparse 0.16 decodes the IPv6 fragment offset and M flag from the wrong bits
-//!   (etherparse issue #150, fixed in 0.20), so those two fields are decoded by hand;
+//! - etherparse before 0.20 decoded the IPv6 fragment offset and M flag from the wrong bits
+//!   (its issue #150); the workspace pins 0.21 and a unit test below pins the RFC 8200 layout;
 //! - TCP needs only 14 bytes by the rule; etherparse wants a whole header (data offset >= 5
 //!   and all options present).
 
@@ -107,9 +107,64 @@ enum Finding {
     Evasive(IpAddr),
 }
 
+/// The row of `docs/verdict-rule.md` that decided a frame. The program cannot report this;
+/// tests use it to show that their frames reach every row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// Frame shorter than an Ethernet header.
+    EthernetShort,
+    /// A VLAN tag cut short by the end of the frame.
+    VlanTruncated,
+    /// A third VLAN tag.
+    ThirdVlanTag,
+    /// Not IPv4 or IPv6 (after up to two tags).
+    NotIp,
+    /// Under 20 bytes, version not 4, IHL < 5 (or options past the end, which implies the next).
+    Ipv4BadHeader,
+    /// T < H or T larger than the bytes after layer 2.
+    Ipv4BadTotalLength,
+    Ipv4NotTcp,
+    /// Fragment offset >= 2.
+    Ipv4LaterFragment,
+    Ipv4OffsetOne,
+    /// Under 40 bytes or version not 6.
+    Ipv6BadHeader,
+    /// 40 + P larger than the bytes after layer 2.
+    Ipv6BadPayloadLength,
+    /// An extension header cut by the payload end, not in a first fragment.
+    Ipv6ChainTruncated,
+    /// An extension header cut by the payload end in a first fragment (F3).
+    Ipv6FirstFragmentChainTruncated,
+    /// The chain goes on past the walk bound (F3).
+    Ipv6ChainTooLong,
+    /// Fragment header with offset >= 2, or offset 1 not followed by TCP.
+    Ipv6LaterFragment,
+    /// Fragment header with offset 1 followed by TCP (F2).
+    Ipv6OffsetOne,
+    /// The chain ends in a header other than TCP.
+    Ipv6NotTcp,
+    /// 14 or more TCP bytes, not a SYN (SYN clear or ACK set).
+    TcpNotSyn,
+    /// A SYN to a port that is not protected.
+    TcpOpenPort,
+    /// A SYN to a protected port: allowlist and action decide.
+    TcpProtectedSyn,
+    /// Fewer than 14 TCP bytes outside a first fragment.
+    TcpShort,
+    /// Tiny first fragment whose readable port is not protected (F1, passes).
+    TinyFirstFragmentOpenPort,
+    /// Tiny first fragment otherwise (F1).
+    TinyFirstFragment,
+}
+
 /// Classifies one frame (Ethernet header first) under `policy`.
 pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
-    let (family, finding) = judge(frame, policy);
+    classify_with_rule(frame, policy).0
+}
+
+/// Classifies one frame and names the rule row that decided it.
+pub fn classify_with_rule(frame: &[u8], policy: &Policy) -> (Verdict, Rule) {
+    let (family, (finding, rule)) = judge(frame, policy);
     let (pass, counter) = match finding {
         Finding::Pass => (true, Counter::None),
         Finding::Malformed => (true, Counter::Malformed),
@@ -122,11 +177,12 @@ pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
         Finding::Syn(_) => (false, Counter::SynDropped),
         Finding::Evasive(_) => (false, Counter::EvasiveDropped),
     };
-    Verdict {
+    let verdict = Verdict {
         pass,
         family,
         counter,
-    }
+    };
+    (verdict, rule)
 }
 
 /// Classifies every frame and sums the counters as the program would.
@@ -138,9 +194,11 @@ pub fn tally<'a>(frames: impl IntoIterator<Item = &'a [u8]>, policy: &Policy) ->
     counters
 }
 
-fn judge(frame: &[u8], policy: &Policy) -> (Family, Finding) {
+type Judged = (Finding, Rule);
+
+fn judge(frame: &[u8], policy: &Policy) -> (Family, Judged) {
     let Ok(ethernet) = Ethernet2HeaderSlice::from_slice(frame) else {
-        return (Family::Other, Finding::Malformed);
+        return (Family::Other, (Finding::Malformed, Rule::EthernetShort));
     };
     let mut ether_type = ethernet.ether_type();
     let mut rest = &frame[ethernet.slice().len()..];
@@ -148,10 +206,10 @@ fn judge(frame: &[u8], policy: &Policy) -> (Family, Finding) {
     // Only these two are tags for the rule; etherparse would also take 0x9100.
     while ether_type == EtherType::VLAN_TAGGED_FRAME || ether_type == EtherType::PROVIDER_BRIDGING {
         if tags == MAX_VLAN_TAGS {
-            return (Family::Other, Finding::Pass);
+            return (Family::Other, (Finding::Pass, Rule::ThirdVlanTag));
         }
         let Ok(tag) = SingleVlanHeaderSlice::from_slice(rest) else {
-            return (Family::Other, Finding::Malformed);
+            return (Family::Other, (Finding::Malformed, Rule::VlanTruncated));
         };
         ether_type = tag.ether_type();
         rest = &rest[tag.slice().len()..];
@@ -160,23 +218,23 @@ fn judge(frame: &[u8], policy: &Policy) -> (Family, Finding) {
     match ether_type {
         EtherType::IPV4 => (Family::Ipv4, ipv4(rest, policy)),
         EtherType::IPV6 => (Family::Ipv6, ipv6(rest, policy)),
-        _ => (Family::Other, Finding::Pass),
+        _ => (Family::Other, (Finding::Pass, Rule::NotIp)),
     }
 }
 
-fn ipv4(packet: &[u8], policy: &Policy) -> Finding {
+fn ipv4(packet: &[u8], policy: &Policy) -> Judged {
     // Errors: under 20 bytes, version != 4, IHL < 5, or the options cut off by the end of the
     // buffer. The last one implies T < H or T > buffer, so all of them are malformed.
     let Ok(header) = Ipv4HeaderSlice::from_slice(packet) else {
-        return Finding::Malformed;
+        return (Finding::Malformed, Rule::Ipv4BadHeader);
     };
     let header_len = header.slice().len();
     let total_len = usize::from(header.total_len());
     if total_len < header_len || total_len > packet.len() {
-        return Finding::Malformed;
+        return (Finding::Malformed, Rule::Ipv4BadTotalLength);
     }
     if header.protocol() != IpNumber::TCP {
-        return Finding::Pass;
+        return (Finding::Pass, Rule::Ipv4NotTcp);
     }
     let source = IpAddr::V4(header.source_addr());
     match header.fragments_offset().value() {
@@ -187,18 +245,18 @@ fn ipv4(packet: &[u8], policy: &Policy) -> Finding {
             source,
             policy,
         ),
-        1 => Finding::Evasive(source), // F2
-        _ => Finding::Pass,
+        1 => (Finding::Evasive(source), Rule::Ipv4OffsetOne), // F2
+        _ => (Finding::Pass, Rule::Ipv4LaterFragment),
     }
 }
 
-fn ipv6(packet: &[u8], policy: &Policy) -> Finding {
+fn ipv6(packet: &[u8], policy: &Policy) -> Judged {
     let Ok(header) = Ipv6HeaderSlice::from_slice(packet) else {
-        return Finding::Malformed;
+        return (Finding::Malformed, Rule::Ipv6BadHeader);
     };
     let end = header.slice().len() + usize::from(header.payload_length());
     if end > packet.len() {
-        return Finding::Malformed;
+        return (Finding::Malformed, Rule::Ipv6BadPayloadLength);
     }
     let source = IpAddr::V6(header.source_addr());
     // Everything is bounded by the payload length, not by the buffer.
@@ -227,33 +285,32 @@ fn ipv6(packet: &[u8], policy: &Policy) -> Finding {
                 None => return truncated_chain(first_fragment, source),
             },
             IpNumber::IPV6_FRAGMENTATION_HEADER => {
+                // A fragment header that does not fit whole is not read (rule: a header must
+                // fit before it is interpreted).
                 let Ok(fragment) = Ipv6FragmentHeaderSlice::from_slice(rest) else {
                     return truncated_chain(first_fragment, source);
                 };
-                // RFC 8200 4.5: bytes 2-3 are offset (13 bits), 2 reserved bits, M. Decoded by
-                // hand: etherparse 0.16 reads them from the wrong bits (its issue #150).
-                let word = u16::from_be_bytes([fragment.slice()[2], fragment.slice()[3]]);
-                let fragment_offset = word >> 3;
-                let more_fragments = word & 1 != 0;
-                match fragment_offset {
-                    0 => first_fragment |= more_fragments,
+                match fragment.fragment_offset().value() {
+                    // Once a first fragment, always: a later atomic fragment header does not
+                    // make the datagram whole (see "Decisions" in the rule).
+                    0 => first_fragment |= fragment.more_fragments(),
                     1 if fragment.next_header() == IpNumber::TCP => {
-                        return Finding::Evasive(source); // F2
+                        return (Finding::Evasive(source), Rule::Ipv6OffsetOne); // F2
                     }
-                    _ => return Finding::Pass,
+                    _ => return (Finding::Pass, Rule::Ipv6LaterFragment),
                 }
                 next = fragment.next_header();
                 fragment.slice().len()
             }
-            _ => return Finding::Pass,
+            _ => return (Finding::Pass, Rule::Ipv6NotTcp),
         };
         offset += header_len;
     }
     match next {
         IpNumber::TCP => tcp(&payload[offset..], first_fragment, source, policy),
         // F3: the chain goes on past the walk bound.
-        next if is_walked_extension(next) => Finding::Evasive(source),
-        _ => Finding::Pass,
+        next if is_walked_extension(next) => (Finding::Evasive(source), Rule::Ipv6ChainTooLong),
+        _ => (Finding::Pass, Rule::Ipv6NotTcp),
     }
 }
 
@@ -282,15 +339,18 @@ fn auth_header(rest: &[u8]) -> Option<(IpNumber, usize)> {
 
 /// An extension header that does not fit in the payload: F3 in a first fragment (the rest of
 /// the chain, and the TCP header, come in a later fragment), otherwise malformed.
-fn truncated_chain(first_fragment: bool, source: IpAddr) -> Finding {
+fn truncated_chain(first_fragment: bool, source: IpAddr) -> Judged {
     if first_fragment {
-        Finding::Evasive(source)
+        (
+            Finding::Evasive(source),
+            Rule::Ipv6FirstFragmentChainTruncated,
+        )
     } else {
-        Finding::Malformed
+        (Finding::Malformed, Rule::Ipv6ChainTruncated)
     }
 }
 
-fn tcp(segment: &[u8], first_fragment: bool, source: IpAddr, policy: &Policy) -> Finding {
+fn tcp(segment: &[u8], first_fragment: bool, source: IpAddr, policy: &Policy) -> Judged {
     if segment.len() >= TCP_FLAGS_LEN {
         let (destination_port, syn, ack) = match TcpHeaderSlice::from_slice(segment) {
             Ok(tcp) => (tcp.destination_port(), tcp.syn(), tcp.ack()),
@@ -302,22 +362,24 @@ fn tcp(segment: &[u8], first_fragment: bool, source: IpAddr, policy: &Policy) ->
                 segment[13] & TCP_ACK != 0,
             ),
         };
-        if syn && !ack && policy.protects(destination_port) {
-            Finding::Syn(source)
+        if !syn || ack {
+            (Finding::Pass, Rule::TcpNotSyn)
+        } else if !policy.protects(destination_port) {
+            (Finding::Pass, Rule::TcpOpenPort)
         } else {
-            Finding::Pass
+            (Finding::Syn(source), Rule::TcpProtectedSyn)
         }
     } else if first_fragment {
         // F1: a first fragment too short to show the flags.
         if segment.len() >= TCP_PORTS_LEN
             && !policy.protects(u16::from_be_bytes([segment[2], segment[3]]))
         {
-            Finding::Pass
+            (Finding::Pass, Rule::TinyFirstFragmentOpenPort)
         } else {
-            Finding::Evasive(source)
+            (Finding::Evasive(source), Rule::TinyFirstFragment)
         }
     } else {
-        Finding::Malformed
+        (Finding::Malformed, Rule::TcpShort)
     }
 }
 
@@ -821,7 +883,7 @@ mod tests {
             Family::Ipv6,
             Counter::Malformed,
         );
-        // M set in byte 3 bit 0 only: a reader using the IPv4 layout would miss it.
+        // RFC 8200 puts M in byte 3 bit 0 (etherparse < 0.20 read bit 7 and would miss it).
         let f1 = ether(
             0x86dd,
             &[],

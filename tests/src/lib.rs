@@ -1,6 +1,7 @@
 //! Shared helpers for mxguard's integration tests: test frames, the BPF_PROG_TEST_RUN harness,
 //! network namespaces with veth pairs, and running the `mxguard` binary.
 
+pub mod differential;
 pub mod frames;
 pub mod harness;
 pub mod netns;
