@@ -199,7 +199,7 @@ pub fn hex(frame: &[u8]) -> String {
 /// Parses a hex string; whitespace is ignored, so a frame can be wrapped over lines.
 pub fn from_hex(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
         .chunks(2)
         .map(|pair| {
