@@ -42,7 +42,25 @@ pub struct Policy {
     pub ports: BTreeSet<u16>,
     /// Allowlisted source prefixes (canonical [`Cidr`]s, as the loader stores them).
     pub allow: BTreeSet<Cidr>,
-    pub action: Action,
+    pub action: RuleAction,
+}
+
+/// The actions the rule defines. `filter_common::Action` also has `Reject` (answer with a RST
+/// through `XDP_TX`), which docs/verdict-rule.md does not describe yet; until it does, the
+/// reference cannot model it, and leaving it out of this type makes that impossible to miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Drop,
+    Monitor,
+}
+
+impl From<RuleAction> for Action {
+    fn from(action: RuleAction) -> Action {
+        match action {
+            RuleAction::Drop => Action::Drop,
+            RuleAction::Monitor => Action::Monitor,
+        }
+    }
 }
 
 impl Policy {
@@ -171,7 +189,7 @@ pub fn classify_with_rule(frame: &[u8], policy: &Policy) -> (Verdict, Rule) {
         Finding::Syn(source) | Finding::Evasive(source) if policy.allows(source) => {
             (true, Counter::SynAllowed)
         }
-        Finding::Syn(_) | Finding::Evasive(_) if policy.action == Action::Monitor => {
+        Finding::Syn(_) | Finding::Evasive(_) if policy.action == RuleAction::Monitor => {
             (true, Counter::SynWouldDrop)
         }
         Finding::Syn(_) => (false, Counter::SynDropped),
@@ -400,7 +418,7 @@ mod tests {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
 
-    fn policy(action: Action) -> Policy {
+    fn policy(action: RuleAction) -> Policy {
         Policy {
             ports: [25, 587].into(),
             allow: [Cidr::host(IpAddr::V4(SRC4)), Cidr::host(IpAddr::V6(SRC6))].into(),
@@ -476,7 +494,7 @@ mod tests {
         ether(0x86dd, &[], &ipv6(src, 6, &tcp(dport, SYN)))
     }
 
-    fn check(frame: &[u8], action: Action, pass: bool, family: Family, counter: Counter) {
+    fn check(frame: &[u8], action: RuleAction, pass: bool, family: Family, counter: Counter) {
         assert_eq!(
             classify(frame, &policy(action)),
             Verdict {
@@ -491,7 +509,7 @@ mod tests {
     fn drop4(frame: &[u8]) {
         check(
             frame,
-            Action::Drop,
+            RuleAction::Drop,
             false,
             Family::Ipv4,
             Counter::SynDropped,
@@ -501,7 +519,7 @@ mod tests {
     fn evasive4(frame: &[u8]) {
         check(
             frame,
-            Action::Drop,
+            RuleAction::Drop,
             false,
             Family::Ipv4,
             Counter::EvasiveDropped,
@@ -514,30 +532,36 @@ mod tests {
         drop4(&v4_syn(OTHER4, 587));
         check(
             &v4_syn(SRC4, 25),
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::SynAllowed,
         );
         check(
             &v4_syn(OTHER4, 26),
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::None,
         );
         let v6 = v6_syn(OTHER6, 25);
-        check(&v6, Action::Drop, false, Family::Ipv6, Counter::SynDropped);
+        check(
+            &v6,
+            RuleAction::Drop,
+            false,
+            Family::Ipv6,
+            Counter::SynDropped,
+        );
         check(
             &v6_syn(SRC6, 25),
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv6,
             Counter::SynAllowed,
         );
         check(
             &v6,
-            Action::Monitor,
+            RuleAction::Monitor,
             true,
             Family::Ipv6,
             Counter::SynWouldDrop,
@@ -549,7 +573,7 @@ mod tests {
         for flags in 0..=255u8 {
             let frame = ether(0x0800, &[], &ipv4(OTHER4, 0, &[], &tcp(25, flags)));
             let is_syn = flags & SYN != 0 && flags & ACK == 0;
-            let verdict = classify(&frame, &policy(Action::Drop));
+            let verdict = classify(&frame, &policy(RuleAction::Drop));
             assert_eq!(verdict.pass, !is_syn, "flags {flags:#04x}");
         }
     }
@@ -559,38 +583,44 @@ mod tests {
         let ip = ipv4(OTHER4, 0, &[], &tcp(25, SYN));
         check(
             &[0; 13],
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Other,
             Counter::Malformed,
         );
-        check(&[], Action::Drop, true, Family::Other, Counter::Malformed);
+        check(
+            &[],
+            RuleAction::Drop,
+            true,
+            Family::Other,
+            Counter::Malformed,
+        );
         drop4(&ether(0x0800, &[0x8100], &ip));
         drop4(&ether(0x0800, &[0x88a8, 0x8100], &ip));
         drop4(&ether(0x0800, &[0x8100, 0x88a8], &ip));
         drop4(&ether(0x0800, &[0x8100, 0x8100], &ip));
         let three = ether(0x0800, &[0x88a8, 0x8100, 0x8100], &ip);
-        check(&three, Action::Drop, true, Family::Other, Counter::None);
+        check(&three, RuleAction::Drop, true, Family::Other, Counter::None);
         // 0x9100 is not a tag for the rule.
         let q9100 = ether(0x0800, &[0x9100], &ip);
-        check(&q9100, Action::Drop, true, Family::Other, Counter::None);
+        check(&q9100, RuleAction::Drop, true, Family::Other, Counter::None);
         let cut = ether(0x0800, &[0x8100], &[]);
         check(
             &cut[..16],
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Other,
             Counter::Malformed,
         );
         check(
             &cut[..18],
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::Malformed,
         );
         let arp = ether(0x0806, &[], &ip);
-        check(&arp, Action::Drop, true, Family::Other, Counter::None);
+        check(&arp, RuleAction::Drop, true, Family::Other, Counter::None);
     }
 
     #[test]
@@ -600,18 +630,24 @@ mod tests {
         version[14] = 0x55;
         check(
             &version,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::Malformed,
         );
         let mut ihl = good.clone();
         ihl[14] = 0x44;
-        check(&ihl, Action::Drop, true, Family::Ipv4, Counter::Malformed);
+        check(
+            &ihl,
+            RuleAction::Drop,
+            true,
+            Family::Ipv4,
+            Counter::Malformed,
+        );
         for cut in 14..good.len() {
             check(
                 &good[..cut],
-                Action::Drop,
+                RuleAction::Drop,
                 true,
                 Family::Ipv4,
                 Counter::Malformed,
@@ -622,7 +658,7 @@ mod tests {
         short_t[16..18].copy_from_slice(&19u16.to_be_bytes());
         check(
             &short_t,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::Malformed,
@@ -630,7 +666,13 @@ mod tests {
         // T = H + 13: one byte short of the flags.
         let mut t13 = good.clone();
         t13[16..18].copy_from_slice(&33u16.to_be_bytes());
-        check(&t13, Action::Drop, true, Family::Ipv4, Counter::Malformed);
+        check(
+            &t13,
+            RuleAction::Drop,
+            true,
+            Family::Ipv4,
+            Counter::Malformed,
+        );
         // T = H + 14 with a trailer: judged on the first 14 bytes.
         let mut t14 = good.clone();
         t14[16..18].copy_from_slice(&34u16.to_be_bytes());
@@ -641,7 +683,7 @@ mod tests {
         drop4(&padded);
         let mut udp = good.clone();
         udp[23] = 17;
-        check(&udp, Action::Drop, true, Family::Ipv4, Counter::None);
+        check(&udp, RuleAction::Drop, true, Family::Ipv4, Counter::None);
     }
 
     #[test]
@@ -674,12 +716,12 @@ mod tests {
         }
         for len in 4..14 {
             let frame = ether(0x0800, &[], &ipv4(OTHER4, MF, &[], &open[..len]));
-            check(&frame, Action::Drop, true, Family::Ipv4, Counter::None);
+            check(&frame, RuleAction::Drop, true, Family::Ipv4, Counter::None);
         }
         let allowed = ether(0x0800, &[], &ipv4(SRC4, MF, &[], &syn[..8]));
         check(
             &allowed,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::SynAllowed,
@@ -687,7 +729,7 @@ mod tests {
         let monitored = ether(0x0800, &[], &ipv4(OTHER4, MF, &[], &syn[..8]));
         check(
             &monitored,
-            Action::Monitor,
+            RuleAction::Monitor,
             true,
             Family::Ipv4,
             Counter::SynWouldDrop,
@@ -698,7 +740,7 @@ mod tests {
         let f2_allowed = ether(0x0800, &[], &ipv4(SRC4, 1, &[], &tcp(80, 0)));
         check(
             &f2_allowed,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv4,
             Counter::SynAllowed,
@@ -706,7 +748,7 @@ mod tests {
         // later fragments
         for offset in [2, 3, 185, 0x1fff] {
             let frame = ether(0x0800, &[], &ipv4(OTHER4, MF | offset, &[], &syn));
-            check(&frame, Action::Drop, true, Family::Ipv4, Counter::None);
+            check(&frame, RuleAction::Drop, true, Family::Ipv4, Counter::None);
         }
     }
 
@@ -716,7 +758,7 @@ mod tests {
         for cut in 14..good.len() {
             check(
                 &good[..cut],
-                Action::Drop,
+                RuleAction::Drop,
                 true,
                 Family::Ipv6,
                 Counter::Malformed,
@@ -726,7 +768,7 @@ mod tests {
         version[14] = 0x40;
         check(
             &version,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv6,
             Counter::Malformed,
@@ -734,13 +776,25 @@ mod tests {
         // P too small for the flags: malformed; P = 14 with a trailer: judged.
         let mut p13 = good.clone();
         p13[18..20].copy_from_slice(&13u16.to_be_bytes());
-        check(&p13, Action::Drop, true, Family::Ipv6, Counter::Malformed);
+        check(
+            &p13,
+            RuleAction::Drop,
+            true,
+            Family::Ipv6,
+            Counter::Malformed,
+        );
         let mut p14 = good.clone();
         p14[18..20].copy_from_slice(&14u16.to_be_bytes());
-        check(&p14, Action::Drop, false, Family::Ipv6, Counter::SynDropped);
+        check(
+            &p14,
+            RuleAction::Drop,
+            false,
+            Family::Ipv6,
+            Counter::SynDropped,
+        );
         let mut udp = good.clone();
         udp[20] = 17;
-        check(&udp, Action::Drop, true, Family::Ipv6, Counter::None);
+        check(&udp, RuleAction::Drop, true, Family::Ipv6, Counter::None);
     }
 
     #[test]
@@ -748,7 +802,7 @@ mod tests {
         let mapped_allowed = v6_syn(SRC4.to_ipv6_mapped(), 25);
         check(
             &mapped_allowed,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv6,
             Counter::SynAllowed,
@@ -756,13 +810,13 @@ mod tests {
         let mapped_other = v6_syn(OTHER4.to_ipv6_mapped(), 25);
         check(
             &mapped_other,
-            Action::Drop,
+            RuleAction::Drop,
             false,
             Family::Ipv6,
             Counter::SynDropped,
         );
         // ::/0 in the IPv6 list does not cover mapped sources.
-        let mut everything6 = policy(Action::Drop);
+        let mut everything6 = policy(RuleAction::Drop);
         everything6.allow.insert("::/0".parse().unwrap());
         assert!(!classify(&mapped_other, &everything6).pass);
         assert!(classify(&v6_syn(OTHER6, 25), &everything6).pass);
@@ -800,7 +854,7 @@ mod tests {
         } else {
             Counter::SynDropped
         };
-        check(&frame, Action::Drop, false, Family::Ipv6, counter);
+        check(&frame, RuleAction::Drop, false, Family::Ipv6, counter);
     }
 
     /// A chain of `n` 8-byte dest-opts headers, then `last` as the next header, then TCP.
@@ -823,7 +877,7 @@ mod tests {
         let allowed = ether(0x86dd, &[], &ipv6(SRC6, 60, &chain(12, &syn)));
         check(
             &allowed,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv6,
             Counter::SynAllowed,
@@ -832,7 +886,7 @@ mod tests {
         let mut udp = chain(8, &syn);
         udp[56] = 17;
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 60, &udp));
-        check(&frame, Action::Drop, true, Family::Ipv6, Counter::None);
+        check(&frame, RuleAction::Drop, true, Family::Ipv6, Counter::None);
     }
 
     #[test]
@@ -849,11 +903,17 @@ mod tests {
         evasive_or_drop6(&with(frag(6, 0, true), &syn[..13]), 44, true);
         let open = with(frag(6, 0, true), &tcp(80, SYN)[..4]);
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 44, &open));
-        check(&frame, Action::Drop, true, Family::Ipv6, Counter::None);
+        check(&frame, RuleAction::Drop, true, Family::Ipv6, Counter::None);
         // not a first fragment (atomic): a short TCP header is malformed
         let atomic = with(frag(6, 0, false), &syn[..13]);
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 44, &atomic));
-        check(&frame, Action::Drop, true, Family::Ipv6, Counter::Malformed);
+        check(
+            &frame,
+            RuleAction::Drop,
+            true,
+            Family::Ipv6,
+            Counter::Malformed,
+        );
         // F2: offset 1 with TCP next, any content
         evasive_or_drop6(&with(frag(6, 1, true), &tcp(80, ACK)), 44, true);
         let f2_udp = ether(
@@ -861,7 +921,7 @@ mod tests {
             &[],
             &ipv6(OTHER6, 44, &with(frag(17, 1, true), &[0; 8])),
         );
-        check(&f2_udp, Action::Drop, true, Family::Ipv6, Counter::None);
+        check(&f2_udp, RuleAction::Drop, true, Family::Ipv6, Counter::None);
         // later fragments pass
         for offset in [2, 100, 0x1fff] {
             let later = ether(
@@ -869,7 +929,7 @@ mod tests {
                 &[],
                 &ipv6(OTHER6, 44, &with(frag(6, offset, true), &syn)),
             );
-            check(&later, Action::Drop, true, Family::Ipv6, Counter::None);
+            check(&later, RuleAction::Drop, true, Family::Ipv6, Counter::None);
         }
         // F3: a first fragment whose chain is cut by the payload end
         let cut = with(frag(60, 0, true), &[6, 1, 0, 0]);
@@ -878,7 +938,7 @@ mod tests {
         let plain_cut = ether(0x86dd, &[], &ipv6(OTHER6, 60, &[6, 1, 0, 0, 0, 0, 0, 0]));
         check(
             &plain_cut,
-            Action::Drop,
+            RuleAction::Drop,
             true,
             Family::Ipv6,
             Counter::Malformed,
@@ -892,7 +952,7 @@ mod tests {
         assert_eq!(f1[14 + 40 + 3], 0x01);
         check(
             &f1,
-            Action::Drop,
+            RuleAction::Drop,
             false,
             Family::Ipv6,
             Counter::EvasiveDropped,
@@ -918,7 +978,7 @@ mod tests {
     #[test]
     fn tally_counts_rows() {
         let frames = [v4_syn(OTHER4, 25), v6_syn(SRC6, 25), vec![0; 5]];
-        let counters = tally(frames.iter().map(Vec::as_slice), &policy(Action::Drop));
+        let counters = tally(frames.iter().map(Vec::as_slice), &policy(RuleAction::Drop));
         assert_eq!(counters.family(Family::Ipv4).syn_dropped, 1);
         assert_eq!(counters.family(Family::Ipv6).syn_allowed, 1);
         assert_eq!(counters.family(Family::Other).malformed, 1);

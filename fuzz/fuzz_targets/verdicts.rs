@@ -7,7 +7,7 @@
 
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use filter_common::Action;
+use filter_user::reference::RuleAction;
 use libfuzzer_sys::fuzz_target;
 use tests::differential::{Differential, regression_snippet, test_policy};
 
@@ -19,7 +19,8 @@ const MAX_FRAME: usize = 1500 + 14 + 8;
 /// One program for the whole run: loading per input would cost the verifier every time.
 static DIFFERENTIAL: LazyLock<Mutex<Differential>> = LazyLock::new(|| {
     Mutex::new(
-        Differential::new(test_policy(Action::Drop)).expect("loading the XDP program (as root)"),
+        Differential::new(test_policy(RuleAction::Drop))
+            .expect("loading the XDP program (as root)"),
     )
 });
 

@@ -6,11 +6,11 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Context as _;
 use aya::programs::{TestRun, TestRunOptions};
-use filter_common::{Action, Family};
+use filter_common::Family;
 use filter_user::{
     cidr::Cidr,
     filter::{Counters, Filter},
-    reference::{self, Counter, Policy, Rule, Verdict},
+    reference::{self, Counter, Policy, Rule, RuleAction, Verdict},
 };
 
 use crate::harness::{XDP_DROP, XDP_PASS};
@@ -48,7 +48,7 @@ impl Differential {
         for cidr in &policy.allow {
             filter.allow(cidr)?;
         }
-        filter.set_action(policy.action)?;
+        filter.set_action(policy.action.into())?;
         let counters = filter.counters()?;
         Ok(Differential {
             filter,
@@ -228,7 +228,7 @@ pub fn regression_snippet(frame: &[u8], policy: &Policy, reason: &str) -> String
 
 /// The policy the differential tests run under: prefixes with distinct edges in both families,
 /// several protected ports including the extremes, and a trap for IPv4-mapped sources.
-pub fn test_policy(action: Action) -> Policy {
+pub fn test_policy(action: RuleAction) -> Policy {
     let mut allow: BTreeSet<Cidr> = [
         "192.0.2.0/25",
         "198.51.100.7/32",

@@ -15,8 +15,7 @@ use std::{
     time::Instant,
 };
 
-use filter_common::Action;
-use filter_user::reference::{Counter, Rule, Verdict};
+use filter_user::reference::{Counter, Rule, RuleAction, Verdict};
 use proptest::{
     collection::vec,
     prelude::*,
@@ -568,7 +567,7 @@ fn seed() -> u64 {
 fn differential(
     name: &str,
     cases: u32,
-    action: Action,
+    action: RuleAction,
     strategy: impl Strategy<Value = Vec<u8>>,
     must_reach: &[Rule],
 ) {
@@ -650,7 +649,7 @@ fn ipv4_frames_agree() {
     differential(
         "ipv4_frames_agree",
         60_000,
-        Action::Drop,
+        RuleAction::Drop,
         frame_with(ipv4()),
         rows(&[
             EthernetShort,
@@ -678,7 +677,7 @@ fn ipv6_frames_agree() {
     differential(
         "ipv6_frames_agree",
         70_000,
-        Action::Drop,
+        RuleAction::Drop,
         frame_with(ipv6()),
         rows(&[
             EthernetShort,
@@ -710,7 +709,7 @@ fn mixed_frames_agree_in_monitor_mode() {
     differential(
         "mixed_frames_agree_in_monitor_mode",
         40_000,
-        Action::Monitor,
+        RuleAction::Monitor,
         frame_with(any_l3),
         rows(&[
             NotIp,
@@ -730,7 +729,7 @@ fn random_bytes_agree() {
     differential(
         "random_bytes_agree",
         30_000,
-        Action::Drop,
+        RuleAction::Drop,
         random_frame(),
         rows(&[
             NotIp,

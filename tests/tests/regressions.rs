@@ -5,10 +5,10 @@
 //! Frames printed by a failing differential run (`from_hex("...")`) belong at the end, in
 //! `found_by_the_differential_test`.
 
-use filter_common::{Action, Family};
+use filter_common::Family;
 use filter_user::{
     cidr::Cidr,
-    reference::{self, Counter, Policy, Verdict},
+    reference::{self, Counter, Policy, RuleAction, Verdict},
 };
 use tests::{
     differential::{Differential, from_hex},
@@ -63,10 +63,10 @@ struct Check {
 
 impl Check {
     fn new(allow: &[&str]) -> Check {
-        Check::with(allow, Action::Drop)
+        Check::with(allow, RuleAction::Drop)
     }
 
-    fn with(allow: &[&str], action: Action) -> Check {
+    fn with(allow: &[&str], action: RuleAction) -> Check {
         let policy = Policy {
             ports: [25].into(),
             allow: allow
@@ -269,7 +269,7 @@ fn tiny_first_fragment_rfc1858() {
     // A total length that hides the flags behind the IP packet's end.
     let hidden = ipv4_total_len(syn(SPAM_V4).ipv4_fragment(0, true).bytes(), 20 + 13);
     check.expect("T cuts the header", &hidden, Ipv4, Evasive);
-    let mut policy_monitor = Check::with(ALLOW, Action::Monitor);
+    let mut policy_monitor = Check::with(ALLOW, RuleAction::Monitor);
     let tiny = syn(SPAM_V4).ipv4_fragment(0, true).transport_len(8);
     policy_monitor.expect("monitor", &tiny.bytes(), Ipv4, WouldDrop);
 }
@@ -422,7 +422,7 @@ fn ipv4_mapped_ipv6_sources() {
             prefix_len: 120,
         }]
         .into(),
-        action: Action::Drop,
+        action: RuleAction::Drop,
     });
     trap.expect("mapped entry in the v6 trie", &mapped_spam, Ipv6, Dropped);
     // ... and the IPv4 list covers them.
