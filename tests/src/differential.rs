@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Context as _;
 use aya::programs::{TestRun, TestRunOptions};
-use filter_common::Family;
+use filter_common::{Family, FamilyCounters};
 use filter_user::{
     cidr::Cidr,
     filter::{Counters, Filter},
@@ -157,13 +157,17 @@ impl Differential {
         let mut delta = Counters::default();
         for family in Family::ALL {
             let (after, before) = (now.family(family), self.counters.family(family));
-            let row = &mut delta.0[family as usize];
-            row.frames = after.frames - before.frames;
-            row.syn_allowed = after.syn_allowed - before.syn_allowed;
-            row.syn_dropped = after.syn_dropped - before.syn_dropped;
-            row.syn_would_drop = after.syn_would_drop - before.syn_would_drop;
-            row.evasive_dropped = after.evasive_dropped - before.evasive_dropped;
-            row.malformed = after.malformed - before.malformed;
+            // Every field by name, no `..`: a counter added later fails to compile here
+            // instead of going unchecked.
+            delta.0[family as usize] = FamilyCounters {
+                frames: after.frames - before.frames,
+                syn_allowed: after.syn_allowed - before.syn_allowed,
+                syn_dropped: after.syn_dropped - before.syn_dropped,
+                syn_would_drop: after.syn_would_drop - before.syn_would_drop,
+                syn_rejected: after.syn_rejected - before.syn_rejected,
+                evasive_dropped: after.evasive_dropped - before.evasive_dropped,
+                malformed: after.malformed - before.malformed,
+            };
         }
         let expected = std::mem::take(&mut self.pending);
         self.counters = now;
