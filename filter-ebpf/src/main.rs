@@ -352,11 +352,19 @@ fn classify_ipv6(frame: &Frame, offset: usize) -> Outcome {
                 }
                 let header_len = match next_header {
                     IPV6_FRAGMENT => {
+                        // A fragment header cut short is not read: the chain is truncated
+                        // as it stands before this header.
+                        if cursor + 8 > payload_end {
+                            return truncated_chain(fragment, source);
+                        }
                         let fragment_offset = be16(ext[2], ext[3]) >> 3;
                         let more_fragments = ext[3] & 1 != 0;
                         fragment = match fragment_offset {
                             0 if more_fragments => Fragment::First,
-                            0 => Fragment::Whole,
+                            // An atomic fragment header after a first-fragment one does not
+                            // make the datagram whole: the outer header already queued this
+                            // frame for reassembly, and the rest of the chain comes later.
+                            0 => fragment,
                             1 if ext[0] == IPPROTO_TCP => Fragment::OffsetOne,
                             _ => return Outcome::Pass,
                         };

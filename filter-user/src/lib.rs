@@ -8,6 +8,7 @@ pub mod dns;
 pub mod filter;
 pub mod metrics;
 pub mod pins;
+pub mod reference;
 pub mod samples;
 pub mod status;
 

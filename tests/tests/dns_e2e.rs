@@ -186,12 +186,7 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
         let mut command = lab.server.command(mxguard_bin());
         command
             .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
-            .args([
-                "--dns-server",
-                &dns_addr,
-                "--dns-timeout",
-                "300ms",
-            ])
+            .args(["--dns-server", &dns_addr, "--dns-timeout", "300ms"])
             .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
             .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
             .env("RUST_LOG", "info");

@@ -3,6 +3,7 @@
 //! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and quick
 //! when everything is already there.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -49,6 +50,12 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) on the userspace crates and the BPF crate.
     Lint,
+    /// Fuzz the XDP program against the reference classifier (libFuzzer via cargo-fuzz).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +78,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::setup(&root)?;
             lint(&root)
+        }
+        Task::Fuzz { seconds } => {
+            setup::setup(&root)?;
+            fuzz::fuzz(&root, seconds)
         }
     }
 }
@@ -110,9 +121,13 @@ fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     status(command)
 }
 
-fn require_root(what: &str) -> anyhow::Result<()> {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc_geteuid() } != 0 {
+    unsafe { libc_geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
         bail!("{what} needs root (XDP, BPF maps and network namespaces): run it with sudo");
     }
     Ok(())
