@@ -122,6 +122,33 @@ impl Drop for Netns {
     }
 }
 
+/// Panics unless a TCP connect from `from` to `to` succeeds within 5 s; `context` (say, a
+/// daemon's log tail) goes into the message.
+pub fn assert_connects(from: &Netns, to: SocketAddr, context: &str) {
+    if let Err(error) = from.connect(to, Duration::from_secs(5)) {
+        panic!(
+            "connect from {} to {to} should succeed: {error}\n{context}",
+            from.name()
+        );
+    }
+}
+
+/// Panics unless a TCP connect from `from` to `to` times out (its SYN dropped) within 1.5 s.
+pub fn assert_times_out(from: &Netns, to: SocketAddr, context: &str) {
+    match from.connect(to, Duration::from_millis(1500)) {
+        Ok(_) => panic!(
+            "connect from {} to {to} should have been dropped\n{context}",
+            from.name()
+        ),
+        Err(error) => assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::TimedOut,
+            "from {} to {to}: {error}",
+            from.name()
+        ),
+    }
+}
+
 /// Connects `a:a_if` and `b:b_if` with a veth pair, both ends up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     ip(&[

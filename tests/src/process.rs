@@ -29,6 +29,15 @@ pub fn mxguard_bin() -> PathBuf {
     path
 }
 
+/// Runs `mxguard ARGS` to completion inside `netns` (status, detach, check-config).
+pub fn mxguard_output(netns: &crate::netns::Netns, args: &[&str]) -> std::process::Output {
+    netns
+        .command(mxguard_bin())
+        .args(args)
+        .output()
+        .expect("running mxguard")
+}
+
 /// A running child whose stderr lines are collected; SIGTERM then SIGKILL on drop.
 pub struct Daemon {
     child: Child,

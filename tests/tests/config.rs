@@ -4,9 +4,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tests::{
-    netns::{MailLab, Netns},
+    netns::MailLab,
     pins::TestPins,
-    process::{Daemon, mxguard_bin},
+    process::{Daemon, mxguard_bin, mxguard_output as mxguard},
 };
 
 /// A config file in a private temporary directory, removed on drop.
@@ -53,14 +53,6 @@ fn fastrand_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn mxguard(netns: &Netns, args: &[&str]) -> std::process::Output {
-    netns
-        .command(mxguard_bin())
-        .args(args)
-        .output()
-        .expect("running mxguard")
 }
 
 fn smtp(port: u16) -> SocketAddr {

@@ -4,44 +4,27 @@
 //! moves the filter; a restart with DNS gone restores the last answer from the state file.
 
 use std::{
-    io::ErrorKind,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use tests::{
     dns_server::{TestDns, bind_pair},
-    netns::{MailLab, Netns},
+    netns::{MailLab, Netns, assert_connects, assert_times_out},
     pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
-
-const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
-const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
 fn connects(from: &Netns, to: SocketAddr, daemon: &Daemon) {
-    if let Err(error) = from.connect(to, ALLOWED_TIMEOUT) {
-        panic!(
-            "connect from {} to {to} should succeed: {error}\n{}",
-            from.name(),
-            daemon.log_tail()
-        );
-    }
+    assert_connects(from, to, &daemon.log_tail());
 }
 
 fn times_out(from: &Netns, to: SocketAddr, daemon: &Daemon) {
-    match from.connect(to, DENIED_TIMEOUT) {
-        Ok(_) => panic!(
-            "connect from {} to {to} should have been dropped\n{}",
-            from.name(),
-            daemon.log_tail()
-        ),
-        Err(error) => assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}"),
-    }
+    assert_times_out(from, to, &daemon.log_tail());
 }
 
 /// A state directory unique to the test, removed on drop.

@@ -8,13 +8,10 @@ use std::{
 };
 
 use tests::{
-    netns::{MailLab, Netns},
+    netns::{MailLab, Netns, assert_connects, assert_times_out},
     pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
-
-const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
-const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -59,23 +56,11 @@ fn start_filter(lab: &MailLab, pins: &TestPins, mode: &str) -> Daemon {
 }
 
 fn connects(from: &Netns, to: SocketAddr) {
-    from.connect(to, ALLOWED_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect from {} to {to} should succeed: {e}", from.name()));
+    assert_connects(from, to, "");
 }
 
 fn times_out(from: &Netns, to: SocketAddr) {
-    match from.connect(to, DENIED_TIMEOUT) {
-        Ok(_) => panic!(
-            "connect from {} to {to} should have been dropped",
-            from.name()
-        ),
-        Err(error) => assert_eq!(
-            error.kind(),
-            ErrorKind::TimedOut,
-            "from {} to {to}: {error}",
-            from.name()
-        ),
-    }
+    assert_times_out(from, to, "");
 }
 
 /// Reads `field` of `family` from the newest counter summary line in the log.

@@ -13,9 +13,9 @@ use std::{
 };
 
 use tests::{
-    netns::{MailLab, Netns},
+    netns::MailLab,
     pins::TestPins,
-    process::{Daemon, mxguard_bin},
+    process::{Daemon, mxguard_bin, mxguard_output as mxguard},
 };
 
 fn smtp(ip: impl Into<std::net::IpAddr>) -> SocketAddr {
@@ -41,14 +41,6 @@ fn start(lab: &MailLab, pins: &TestPins) -> Daemon {
         l.contains("attached XDP filter")
     });
     daemon
-}
-
-fn mxguard(netns: &Netns, args: &[&str]) -> std::process::Output {
-    netns
-        .command(mxguard_bin())
-        .args(args)
-        .output()
-        .expect("running mxguard")
 }
 
 /// Connects in a loop from the relay (must always succeed) and from the direct sender (must

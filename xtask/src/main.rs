@@ -102,23 +102,13 @@ fn cargo(root: &Path) -> Command {
     command
 }
 
-fn status(mut command: Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     let mut command = cargo(root);
     command.args(["build", "--package", "filter-user", "--bin", "mxguard"]);
     if release {
         command.arg("--release");
     }
-    status(command)
+    setup::run(&mut command)
 }
 
 pub(crate) fn is_root() -> bool {
@@ -146,7 +136,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .arg("test")
         .args(args)
         .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
-    status(command)
+    setup::run(&mut command)
 }
 
 fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> {
@@ -157,7 +147,7 @@ fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> 
         command
             .args(["build", "--package", "tests", "--bin", "mxguard-lab"])
             .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
-        status(command)?;
+        setup::run(&mut command)?;
         let mut lab = Command::new(root.join("target/debug/mxguard-lab"));
         lab.env("MXGUARD_BIN", root.join("target/debug/mxguard"));
         if let Some(rounds) = rounds {
@@ -176,10 +166,10 @@ fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> 
 fn lint(root: &Path) -> anyhow::Result<()> {
     let mut fmt = cargo(root);
     fmt.args(["fmt", "--all", "--check"]);
-    status(fmt)?;
+    setup::run(&mut fmt)?;
     let mut clippy = cargo(root);
     clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
-    status(clippy)?;
+    setup::run(&mut clippy)?;
     // The BPF crate only builds for the BPF target with nightly.
     let mut clippy_bpf = Command::new("rustup");
     clippy_bpf
@@ -196,5 +186,5 @@ fn lint(root: &Path) -> anyhow::Result<()> {
             "build-std=core",
         ])
         .args(["--release", "--", "-D", "warnings"]);
-    status(clippy_bpf)
+    setup::run(&mut clippy_bpf)
 }
