@@ -3,6 +3,7 @@
 pub mod cidr;
 pub mod cli;
 pub mod daemon;
+pub mod fast_path;
 pub mod filter;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.
