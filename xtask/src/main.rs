@@ -3,6 +3,7 @@
 //! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and quick
 //! when everything is already there.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -49,6 +50,16 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) on the userspace crates and the BPF crate.
     Lint,
+    /// Benchmark mxguard against an empty XDP program, xdp-filter, iptables, nftables and an
+    /// XDP drop-all (needs root); writes target/bench/ and, for a full run, docs/benchmarks.md.
+    Bench {
+        /// Smoke run, under two minutes (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Replay this pcap/pcapng capture instead of the generated traffic (repeatable).
+        #[arg(long, value_name = "FILE")]
+        pcap: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +82,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::setup(&root)?;
             lint(&root)
+        }
+        Task::Bench { quick, pcap } => {
+            setup::setup(&root)?;
+            bench::bench(&root, quick, &pcap)
         }
     }
 }
