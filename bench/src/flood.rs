@@ -309,7 +309,7 @@ fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> 
             [pid] => {
                 crate::pin_thread(*pid, cpu)
                     .with_context(|| format!("pinning {prefix}* to CPU {cpu}"))?;
-                crate::set_fifo(*pid, RECEIVER_PRIORITY)?;
+                crate::set_fifo(*pid, RECEIVER_PRIORITY);
                 return Ok(*pid);
             }
             [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
@@ -469,7 +469,7 @@ fn measure(
         sender_cpu,
     )?;
     std::thread::sleep(options.warmup);
-    crate::set_fifo(0, MEASURER_PRIORITY)?;
+    crate::set_fifo(0, MEASURER_PRIORITY);
     let window = (|| -> anyhow::Result<_> {
         let start = Instant::now();
         let sent0 = replayer.sent();
@@ -486,7 +486,7 @@ fn measure(
             cpu1 - cpu0,
         ))
     })();
-    crate::set_fifo(0, 0)?;
+    crate::set_fifo(0, 0);
     let (elapsed, sent, received, cpu) = window?;
     replayer.finish().context("replayer")?;
     drop(installed);

@@ -46,8 +46,15 @@ pub fn pin_thread(tid: i32, cpu: usize) -> anyhow::Result<()> {
 /// Gives thread `tid` (0 = the caller) the real-time policy SCHED_FIFO at `priority`, or back
 /// SCHED_OTHER with `priority` 0. The machine may be shared: during a measurement window the
 /// replayer and the receiving thread must not wait behind unrelated work (the kernel still
-/// keeps 5% of each CPU for others through RT throttling).
-pub fn set_fifo(tid: i32, priority: i32) -> anyhow::Result<()> {
+/// keeps 5% of each CPU for others through RT throttling). Where real-time scheduling is not
+/// allowed (e.g. a cgroup without RT budget) this warns and measures anyway, noisier.
+pub fn set_fifo(tid: i32, priority: i32) {
+    if let Err(error) = try_set_fifo(tid, priority) {
+        eprintln!("bench: warning: {error:#}; measuring without real-time priority");
+    }
+}
+
+fn try_set_fifo(tid: i32, priority: i32) -> anyhow::Result<()> {
     let policy = if priority > 0 {
         libc::SCHED_FIFO
     } else {

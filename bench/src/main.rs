@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     netns::sweep_stale();
+    netns::install_signal_cleanup()?;
     bench::ensure_bpffs()?;
     for tool in [
         "ip",

@@ -180,6 +180,7 @@ impl XdpFilterSetup {
         let netns = Netns::new("xf")?;
         netns::veth(&netns, XF_IFACE, &netns, "xf1")?;
         // Built before loading, so a failure below still unloads (and unpins) on drop.
+        netns::on_signal_cleanup(&netns, &["xdp-filter", "unload", XF_IFACE]);
         let mut setup = XdpFilterSetup { netns, prog_id: 0 };
         let xdp_filter = |args: &[&str]| -> anyhow::Result<String> {
             netns::run(setup.netns.command("xdp-filter").args(args))
@@ -288,7 +289,7 @@ pub fn run(
     // The kernel runs each test on the calling thread: pin it and keep unrelated work off it
     // while measuring (the machine may be shared), then give the CPU back.
     crate::pin_current_thread(0)?;
-    crate::set_fifo(0, MEASURE_PRIORITY)?;
+    crate::set_fifo(0, MEASURE_PRIORITY);
     let measured = measure_all(
         options,
         classes,
@@ -298,7 +299,7 @@ pub fn run(
         xf.as_ref(),
         &tmp,
     );
-    crate::set_fifo(0, 0)?;
+    crate::set_fifo(0, 0);
     let (samples, drops) = measured?;
     let mut rows = Vec::new();
     for (program_index, program) in programs.iter().enumerate() {

@@ -6,7 +6,10 @@ use std::{
     fs::File,
     path::Path,
     process::{Command, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     thread,
 };
 
@@ -14,6 +17,12 @@ use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Namespaces alive now, for the signal handler (Drop does not run when a signal kills us).
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Commands to run before the namespaces go (e.g. unloading xdp-filter, whose maps are pinned
+/// in the global bpffs), keyed by namespace.
+static BEFORE_DELETE: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
 const PREFIX: &str = "mxbench";
 
 /// Runs a command and fails with its stderr if it exits non-zero; returns stdout.
@@ -70,7 +79,16 @@ impl Netns {
     pub fn new(tag: &str) -> anyhow::Result<Netns> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{id}-{tag}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]))?;
+        {
+            // Held while creating, so the signal handler (which takes it and never lets go)
+            // sees every namespace that exists.
+            let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            if STOPPING.load(Ordering::SeqCst) {
+                bail!("stopping on a signal");
+            }
+            run(Command::new("ip").args(["netns", "add", &name]))?;
+            live.push(name.clone());
+        }
         let netns = Netns { name };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
@@ -132,7 +150,63 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
             .status();
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name| name != &self.name);
+        BEFORE_DELETE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(name, _)| name != &self.name);
     }
+}
+
+/// Registers a command (run inside `netns` by the signal handler) that undoes something the
+/// namespace's deletion alone would leave behind.
+pub fn on_signal_cleanup(netns: &Netns, command: &[&str]) {
+    BEFORE_DELETE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((
+            netns.name.clone(),
+            command.iter().map(|s| s.to_string()).collect(),
+        ));
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: undo what the run set up (namespaces with their veths, XDP
+/// programs, iptables and nftables rules; xdp-filter's pins), then exit. The replayer and the
+/// measuring threads die with the process.
+pub fn install_signal_cleanup() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    thread::Builder::new()
+        .name("mxbench-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("bench: signal {signal}, cleaning up");
+                STOPPING.store(true, Ordering::SeqCst);
+                // Taken and kept until exit: no namespace can appear behind our back.
+                let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+                let before = BEFORE_DELETE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for (name, command) in before {
+                    let _ = Command::new("nsenter")
+                        .arg(format!("--net=/run/netns/{name}"))
+                        .arg("--")
+                        .args(&command)
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                for name in live.iter() {
+                    let _ = Command::new("ip").args(["netns", "del", name]).status();
+                }
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("spawning the signal thread")?;
+    Ok(())
 }
 
 /// Connects `a:a_if` and `b:b_if` with a veth pair, both ends up.

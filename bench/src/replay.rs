@@ -52,7 +52,7 @@ impl Replayer {
                         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                             .context("entering the sending namespace")?;
                         crate::pin_current_thread(cpu)?;
-                        crate::set_fifo(0, SENDER_PRIORITY)?;
+                        crate::set_fifo(0, SENDER_PRIORITY);
                         open_socket(&iface)
                     })();
                     let socket = match socket {
