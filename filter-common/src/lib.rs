@@ -17,6 +17,11 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of [`super::FamilyCounters`], indexed by [`super::Family`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Fast path in front of `ALLOW_V4`: array of [`super::BlockWord`], one bit per /24 block
+    /// (see [`super::BLOCK_PREFIX_LEN`]).
+    pub const ALLOW_V4_BLOCKS: &str = "ALLOW_V4_BLOCKS";
+    /// Fast path in front of `ALLOW_V6`: one bit per /24 block of IPv6 space.
+    pub const ALLOW_V6_BLOCKS: &str = "ALLOW_V6_BLOCKS";
     /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
@@ -25,9 +30,11 @@ pub mod map_names {
     /// [`super::DroppedSource`]. It outlives the daemon, so `status` can show top sources.
     pub const DROPPED_SOURCES: &str = "DROPPED_SOURCES";
     /// Every map, for pinning.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         ALLOW_V4,
         ALLOW_V6,
+        ALLOW_V4_BLOCKS,
+        ALLOW_V6_BLOCKS,
         PORTS,
         CONFIG,
         COUNTERS,
@@ -50,6 +57,21 @@ pub const PORT_SLOTS: u32 = 65_536;
 /// How many IPv6 extension headers the program walks before giving up on a frame.
 /// A frame whose header chain is longer than this is "unjudgeable" (see the verdict rule).
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+
+/// The allowlist fast path: the address space is cut into blocks of this prefix length (the
+/// first 24 bits of an IPv4 or IPv6 address), and a bitmap says which blocks any allowlisted
+/// prefix touches. A source in an untouched block cannot be allowlisted, so the program skips
+/// the trie lookup: a flood from random spoofed sources is almost all such misses. A set bit
+/// only means "ask the trie", so the bitmap never changes a verdict as long as every block an
+/// allowlisted prefix touches has its bit set; userspace (`Filter`) keeps it that way, setting
+/// bits before a trie insert and clearing them after a trie removal.
+pub const BLOCK_PREFIX_LEN: u32 = 24;
+
+/// One word of a block bitmap: bit `b % 64` of word `b / 64` is block `b`.
+pub type BlockWord = u64;
+
+/// Number of [`BlockWord`]s in each block bitmap (2^24 blocks / 64 bits = 2 MiB).
+pub const BLOCK_WORDS: u32 = 1 << (BLOCK_PREFIX_LEN - 6);
 
 /// Value stored in the allowlist tries. Its content is not used by the program (a hit is
 /// what matters); userspace keeps it at 1.

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use filter_common::{
-    ALLOWLIST_CAPACITY, Action, AllowEntry, Config, DROP_SAMPLES_BYTES,
+    ALLOWLIST_CAPACITY, Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
     DROP_SAMPLES_PER_CPU_PER_SEC, DROPPED_SOURCES_CAPACITY, DropSample, DroppedSource, Family,
     FamilyCounters, MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, RATE_SLOT_REJECT,
     RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN,
@@ -26,6 +26,18 @@ static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(ALLOWL
 
 #[map(name = "ALLOW_V6")]
 static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+
+/// `BPF_F_MMAPABLE` from the kernel's uapi (not re-exported by aya-ebpf 0.2).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Fast path: bit set = some IPv4 allowlist prefix touches this /24 (see `BLOCK_PREFIX_LEN`).
+/// Mmapable so userspace updates words with plain stores instead of one syscall each.
+#[map(name = "ALLOW_V4_BLOCKS")]
+static ALLOW_V4_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// Fast path: bit set = some IPv6 allowlist prefix touches this /24.
+#[map(name = "ALLOW_V6_BLOCKS")]
+static ALLOW_V6_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
 #[map(name = "PORTS")]
 static PORTS: Array<PortFlag> = Array::with_max_entries(PORT_SLOTS, 0);
@@ -465,18 +477,38 @@ fn deny_unless_allowlisted(source: Source, denied: Outcome) -> Outcome {
 #[inline(always)]
 fn allowlisted(source: Source) -> bool {
     match source {
-        Source::V4(address) => ALLOW_V4.get(Key::new(32, address)).is_some(),
+        Source::V4(address) => allowlisted_v4(address),
         Source::V6(address) => {
             // ::ffff:a.b.c.d is an IPv4 host: judge it by the IPv4 list.
             let mapped =
                 address[..10].iter().all(|b| *b == 0) && address[10] == 0xff && address[11] == 0xff;
             if mapped {
-                let v4 = [address[12], address[13], address[14], address[15]];
-                ALLOW_V4.get(Key::new(32, v4)).is_some()
+                allowlisted_v4([address[12], address[13], address[14], address[15]])
             } else {
-                ALLOW_V6.get(Key::new(128, address)).is_some()
+                // The trie is only asked when the block bitmap says a prefix may match: a miss
+                // in an untouched block (a random spoofed source) costs one array read.
+                block_touched(&ALLOW_V6_BLOCKS, [address[0], address[1], address[2]])
+                    && ALLOW_V6.get(Key::new(128, address)).is_some()
             }
         }
+    }
+}
+
+#[inline(always)]
+fn allowlisted_v4(address: [u8; 4]) -> bool {
+    block_touched(&ALLOW_V4_BLOCKS, [address[0], address[1], address[2]])
+        && ALLOW_V4.get(Key::new(32, address)).is_some()
+}
+
+/// Whether the block bitmap has the bit of the /24 block starting with `top` set. A failed
+/// lookup (impossible: the index is below `BLOCK_WORDS`) answers "touched", the safe side.
+#[inline(always)]
+fn block_touched(bitmap: &Array<BlockWord>, top: [u8; 3]) -> bool {
+    // Shifts, not from_be_bytes: LLVM then builds the index from three byte loads directly.
+    let block = (u32::from(top[0]) << 16) | (u32::from(top[1]) << 8) | u32::from(top[2]);
+    match bitmap.get(block >> 6) {
+        Some(word) => (word >> (block & 63)) & 1 != 0,
+        None => true,
     }
 }
 

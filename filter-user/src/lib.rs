@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod fast_path;
 pub mod filter;
 pub mod metrics;
 pub mod pins;

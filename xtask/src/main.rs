@@ -3,6 +3,7 @@
 //! Every command that needs the toolchain runs `setup` first; `setup` is idempotent and quick
 //! when everything is already there.
 
+mod bench;
 mod fuzz;
 mod setup;
 
@@ -56,6 +57,16 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Benchmark mxguard against an empty XDP program, xdp-filter, iptables, nftables and an
+    /// XDP drop-all (needs root); writes target/bench/ and, for a full run, docs/benchmarks.md.
+    Bench {
+        /// Smoke run, under two minutes (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Replay this pcap/pcapng capture instead of the generated traffic (repeatable).
+        #[arg(long, value_name = "FILE")]
+        pcap: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +93,10 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds } => {
             setup::setup(&root)?;
             fuzz::fuzz(&root, seconds)
+        }
+        Task::Bench { quick, pcap } => {
+            setup::setup(&root)?;
+            bench::bench(&root, quick, &pcap)
         }
     }
 }

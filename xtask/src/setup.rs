@@ -15,7 +15,15 @@ use anyhow::{Context as _, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the lab use (binary that proves each one is there).
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("bpftool", "bpftool")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("bpftool", "bpftool"),
+    // `cargo xtask bench`: the contenders and the veth set-up.
+    ("xdp-tools", "xdp-filter"),
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("ethtool", "ethtool"),
+];
 
 pub fn setup(root: &Path) -> anyhow::Result<()> {
     rust_src()?;

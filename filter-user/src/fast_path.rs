@@ -1,0 +1,333 @@
+//! The allowlist fast path's block bitmaps, kept in userspace next to the tries.
+//!
+//! The XDP program only asks an LPM trie when the source's /24 block
+//! ([`filter_common::BLOCK_PREFIX_LEN`]) has its bit set. The bitmap is derived state: bit `b`
+//! is set exactly when some allowlisted prefix touches block `b` (contains it, or lies inside
+//! it). [`BlockIndex`] keeps the prefixes and the bitmap, and says which words changed so
+//! `Filter` writes only those to the kernel.
+
+use std::{
+    collections::BTreeSet,
+    os::fd::{AsFd, AsRawFd as _},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::Context as _;
+use filter_common::{BLOCK_PREFIX_LEN, BLOCK_WORDS, BlockWord};
+
+/// The prefixes of one address family and the block bitmap they imply.
+///
+/// Addresses are held as `u128` integers of `width` bits (32 for IPv4, 128 for IPv6).
+#[derive(Clone, Debug)]
+pub struct BlockIndex {
+    width: u32,
+    prefixes: BTreeSet<(u128, u8)>,
+    words: Vec<BlockWord>,
+}
+
+/// The first and last block (inclusive) a prefix touches.
+fn block_range(width: u32, addr: u128, len: u8) -> (u32, u32) {
+    let shift = width - BLOCK_PREFIX_LEN;
+    let first = (addr >> shift) as u32;
+    let len = u32::from(len);
+    if len >= BLOCK_PREFIX_LEN {
+        (first, first)
+    } else {
+        (first, first + ((1u32 << (BLOCK_PREFIX_LEN - len)) - 1))
+    }
+}
+
+fn mask(width: u32, addr: u128, len: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        let keep = u128::MAX << (128 - len);
+        (addr << (128 - width) & keep) >> (128 - width)
+    }
+}
+
+/// Bits of word `word` that fall inside blocks `first..=last`.
+fn word_mask(word: u32, first: u32, last: u32) -> BlockWord {
+    let lo = (word * 64).max(first) - word * 64;
+    let hi = (word * 64 + 63).min(last) - word * 64;
+    let width = hi - lo + 1;
+    let ones = if width == 64 {
+        BlockWord::MAX
+    } else {
+        (1 << width) - 1
+    };
+    ones << lo
+}
+
+impl BlockIndex {
+    /// An empty index for addresses of `width` bits (32 or 128).
+    pub fn new(width: u32) -> Self {
+        assert!(width == 32 || width == 128, "address width is 32 or 128");
+        BlockIndex {
+            width,
+            prefixes: BTreeSet::new(),
+            words: vec![0; BLOCK_WORDS as usize],
+        }
+    }
+
+    /// The current value of bitmap word `index`.
+    pub fn word(&self, index: u32) -> BlockWord {
+        self.words[index as usize]
+    }
+
+    /// Whether the bit of the block holding `addr` is set.
+    pub fn touched(&self, addr: u128) -> bool {
+        let block = (addr >> (self.width - BLOCK_PREFIX_LEN)) as u32;
+        self.words[(block / 64) as usize] >> (block % 64) & 1 != 0
+    }
+
+    /// Adds a prefix (host bits must be clear); returns the indexes of the words that changed.
+    pub fn insert(&mut self, addr: u128, len: u8) -> Vec<u32> {
+        if !self.prefixes.insert((addr, len)) {
+            return Vec::new();
+        }
+        let (first, last) = block_range(self.width, addr, len);
+        let mut changed = Vec::new();
+        for word in first / 64..=last / 64 {
+            let old = self.words[word as usize];
+            let new = old | word_mask(word, first, last);
+            if new != old {
+                self.words[word as usize] = new;
+                changed.push(word);
+            }
+        }
+        changed
+    }
+
+    /// Removes a prefix; returns the indexes of the words that changed (bits of blocks no other
+    /// prefix touches any more).
+    pub fn remove(&mut self, addr: u128, len: u8) -> Vec<u32> {
+        if !self.prefixes.remove(&(addr, len)) {
+            return Vec::new();
+        }
+        let (first, last) = block_range(self.width, addr, len);
+        // The blocks of the removed prefix form an aligned region; recompute its bits from the
+        // prefixes that still touch it.
+        let region_len = u32::from(len).min(BLOCK_PREFIX_LEN);
+        let region_start = mask(self.width, addr, region_len);
+        let shift = self.width - BLOCK_PREFIX_LEN;
+        let region_end = (u128::from(last) << shift) | ((1u128 << shift) - 1);
+        // A shorter prefix containing the whole region keeps every bit set.
+        let covered = (0..region_len).any(|l| {
+            self.prefixes
+                .contains(&(mask(self.width, region_start, l), l as u8))
+        });
+        let mut fresh = vec![0 as BlockWord; (last / 64 - first / 64 + 1) as usize];
+        if covered {
+            for word in first / 64..=last / 64 {
+                fresh[(word - first / 64) as usize] = word_mask(word, first, last);
+            }
+        } else {
+            // Every other prefix touching the region starts inside it (prefixes nest or are
+            // disjoint), so a range scan finds them all.
+            for &(q_addr, q_len) in self
+                .prefixes
+                .range((region_start, 0)..=(region_end, u8::MAX))
+            {
+                let (q_first, q_last) = block_range(self.width, q_addr, q_len);
+                let (q_first, q_last) = (q_first.max(first), q_last.min(last));
+                for word in q_first / 64..=q_last / 64 {
+                    fresh[(word - first / 64) as usize] |= word_mask(word, q_first, q_last);
+                }
+            }
+        }
+        let mut changed = Vec::new();
+        for word in first / 64..=last / 64 {
+            let region = word_mask(word, first, last);
+            let old = self.words[word as usize];
+            let new = (old & !region) | fresh[(word - first / 64) as usize];
+            if new != old {
+                self.words[word as usize] = new;
+                changed.push(word);
+            }
+        }
+        changed
+    }
+
+    /// The bitmap recomputed from scratch from the prefixes (for checks).
+    pub fn recomputed(&self) -> Vec<BlockWord> {
+        let mut fresh = BlockIndex::new(self.width);
+        for &(addr, len) in &self.prefixes {
+            fresh.insert(addr, len);
+        }
+        fresh.words
+    }
+}
+
+/// A block bitmap map (a `BPF_F_MMAPABLE` array of [`BlockWord`]) mapped into this process, so
+/// a word is updated by one atomic store rather than a syscall: filling 100,000 prefixes or
+/// turning the fast path off touches up to 2^18 words.
+pub struct MappedBitmap {
+    words: *const AtomicU64,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value (unmapped on drop); all access
+// goes through atomics, so moving it to another thread is sound.
+unsafe impl Send for MappedBitmap {}
+// SAFETY: as above; concurrent access through `&self` only uses atomic loads and stores.
+unsafe impl Sync for MappedBitmap {}
+
+const BITMAP_BYTES: usize = BLOCK_WORDS as usize * std::mem::size_of::<BlockWord>();
+
+impl MappedBitmap {
+    /// Maps the array behind `fd` (which must have `BLOCK_WORDS` u64 values and be mmapable).
+    pub fn new(fd: impl AsFd) -> anyhow::Result<Self> {
+        // SAFETY: a fresh shared mapping of a BPF array's value area; the kernel checks the
+        // length against the map and the flags; nothing else aliases it in this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                BITMAP_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap of a fast-path bitmap");
+        }
+        Ok(MappedBitmap {
+            words: ptr as *const AtomicU64,
+        })
+    }
+
+    fn word(&self, index: u32) -> &AtomicU64 {
+        assert!(index < BLOCK_WORDS, "bitmap word {index} out of range");
+        // SAFETY: index is in bounds of the mapping, which is page-aligned (so every u64 is
+        // aligned) and lives as long as `self`.
+        unsafe { &*self.words.add(index as usize) }
+    }
+
+    /// Stores one word. A single aligned 64-bit store: the XDP program sees the old or the new
+    /// word, never a mix.
+    pub fn store(&self, index: u32, value: BlockWord) {
+        self.word(index).store(value, Ordering::Release);
+    }
+
+    pub fn load(&self, index: u32) -> BlockWord {
+        self.word(index).load(Ordering::Acquire)
+    }
+}
+
+impl Drop for MappedBitmap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives self.
+        unsafe {
+            libc::munmap(self.words as *mut libc::c_void, BITMAP_BYTES);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(text: &str) -> u128 {
+        u128::from(text.parse::<std::net::Ipv4Addr>().unwrap().to_bits())
+    }
+
+    fn consistent(index: &BlockIndex) {
+        assert!(index.words == index.recomputed(), "bitmap drifted");
+    }
+
+    #[test]
+    fn host_prefix_sets_one_block() {
+        let mut index = BlockIndex::new(32);
+        let changed = index.insert(v4("198.51.100.7"), 32);
+        assert_eq!(changed.len(), 1);
+        assert!(index.touched(v4("198.51.100.200")));
+        assert!(!index.touched(v4("198.51.101.7")));
+        assert!(!index.touched(v4("198.51.99.255")));
+        index.remove(v4("198.51.100.7"), 32);
+        assert!(!index.touched(v4("198.51.100.7")));
+        consistent(&index);
+    }
+
+    #[test]
+    fn short_prefixes_cover_many_blocks_and_nest() {
+        let mut index = BlockIndex::new(32);
+        index.insert(v4("198.18.0.0"), 15);
+        index.insert(v4("198.19.7.0"), 25);
+        assert!(index.touched(v4("198.18.0.1")) && index.touched(v4("198.19.255.255")));
+        assert!(!index.touched(v4("198.20.0.0")) && !index.touched(v4("198.17.255.255")));
+        // Removing the /15 keeps only the block of the nested /25.
+        index.remove(v4("198.18.0.0"), 15);
+        assert!(index.touched(v4("198.19.7.255")));
+        assert!(!index.touched(v4("198.19.8.0")) && !index.touched(v4("198.18.0.0")));
+        consistent(&index);
+        // Removing the /25 under a covering /16 keeps the block.
+        index.insert(v4("198.19.0.0"), 16);
+        index.remove(v4("198.19.7.0"), 25);
+        assert!(index.touched(v4("198.19.7.0")));
+        consistent(&index);
+    }
+
+    #[test]
+    fn whole_space_and_two_prefixes_in_one_block() {
+        let mut index = BlockIndex::new(32);
+        index.insert(0, 0);
+        assert!(index.touched(v4("0.0.0.0")) && index.touched(v4("255.255.255.255")));
+        index.insert(v4("203.0.113.0"), 26);
+        index.insert(v4("203.0.113.128"), 25);
+        index.remove(0, 0);
+        assert!(index.touched(v4("203.0.113.1")));
+        assert!(!index.touched(v4("203.0.114.1")));
+        index.remove(v4("203.0.113.0"), 26);
+        assert!(
+            index.touched(v4("203.0.113.1")),
+            "the /25 still touches the block"
+        );
+        index.remove(v4("203.0.113.128"), 25);
+        assert!(!index.touched(v4("203.0.113.1")));
+        consistent(&index);
+    }
+
+    #[test]
+    fn ipv6_blocks_are_the_first_24_bits() {
+        let v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().unwrap().to_bits();
+        let mut index = BlockIndex::new(128);
+        index.insert(v6("2001:db8:1::"), 48);
+        assert!(index.touched(v6("2001:db8:bad::66")), "same /24 as the /48");
+        assert!(index.touched(v6("2001:db9::1")), "2001:0d is one /24 block");
+        assert!(!index.touched(v6("2001:e00::1")));
+        index.insert(v6("2000::"), 3);
+        index.remove(v6("2001:db8:1::"), 48);
+        assert!(index.touched(v6("3fff:ffff::1")) && !index.touched(v6("4000::1")));
+        consistent(&index);
+    }
+
+    #[test]
+    fn random_churn_stays_consistent() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut index = BlockIndex::new(32);
+        let mut live = Vec::new();
+        for round in 0..2000 {
+            if round % 3 == 2 && !live.is_empty() {
+                let (addr, len) = live.swap_remove((next() % live.len() as u64) as usize);
+                index.remove(addr, len);
+            } else {
+                // Clustered, so prefixes nest and share blocks.
+                let len = [8u8, 12, 16, 20, 23, 24, 25, 28, 32][(next() % 9) as usize];
+                let addr = u128::from(0xc612_0000u32 | (next() as u32 & 0x0003_ffff));
+                let addr = mask(32, addr, u32::from(len));
+                index.insert(addr, len);
+                if !live.contains(&(addr, len)) {
+                    live.push((addr, len));
+                }
+            }
+        }
+        consistent(&index);
+    }
+}

@@ -1,0 +1,162 @@
+//! The allowlist fast path (a /24 block bitmap checked before the LPM tries) at its edges:
+//! verdicts through BPF_PROG_TEST_RUN must be exactly those of the tries alone, with the fast
+//! path on and off, and the kernel bitmaps must always be what the allowlist implies.
+
+use std::collections::BTreeSet;
+
+use filter_user::cidr::Cidr;
+use tests::{
+    frames::Frame,
+    harness::{Harness, XDP_DROP, XDP_PASS},
+};
+
+fn cidr(text: &str) -> Cidr {
+    text.parse().expect("test CIDR")
+}
+
+/// Runs a SYN to port 25 from each source, with the fast path on and then off, and checks the
+/// action; also checks the kernel bitmaps against the allowlist.
+fn expect(harness: &mut Harness, cases: &[(&str, u32)]) {
+    let mut failures = Vec::new();
+    for fast_path in [true, false] {
+        harness.filter.set_fast_path(fast_path).expect("fast path");
+        harness
+            .filter
+            .verify_fast_path()
+            .expect("kernel bitmap matches the allowlist");
+        for &(source, action) in cases {
+            let got = harness.run(&Frame::syn(source, 25).bytes()).action;
+            if got != action {
+                failures.push(format!(
+                    "{source} (fast path {fast_path}): action {got}, expected {action}"
+                ));
+            }
+        }
+    }
+    harness.filter.set_fast_path(true).expect("fast path");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn prefixes_inside_one_block_leave_the_rest_of_the_block_to_the_trie() {
+    // 198.51.100.128/25: the block 198.51.100.0/24 is touched, its lower half is not allowed.
+    let mut harness = Harness::new(&[25], &["198.51.100.128/25", "2001:db8:1::7/128"]);
+    expect(
+        &mut harness,
+        &[
+            ("198.51.100.128", XDP_PASS),
+            ("198.51.100.255", XDP_PASS),
+            ("198.51.100.127", XDP_DROP),
+            ("198.51.100.0", XDP_DROP),
+            ("198.51.101.200", XDP_DROP),
+            ("198.51.99.200", XDP_DROP),
+            ("2001:db8:1::7", XDP_PASS),
+            ("2001:db8:1::8", XDP_DROP),
+            // Same IPv6 /24 block (2001:0d), other /32: the trie decides.
+            ("2001:db9::7", XDP_DROP),
+            ("2001:db7:ffff::1", XDP_DROP),
+            ("::ffff:198.51.100.200", XDP_PASS),
+            ("::ffff:198.51.100.1", XDP_DROP),
+        ],
+    );
+}
+
+#[test]
+fn short_prefixes_set_every_block_they_cover() {
+    // A /15 covers 512 blocks; its first and last addresses and its neighbours.
+    let mut harness = Harness::new(&[25], &["198.18.0.0/15", "2001:db8::/31"]);
+    expect(
+        &mut harness,
+        &[
+            ("198.18.0.0", XDP_PASS),
+            ("198.19.255.255", XDP_PASS),
+            ("198.17.255.255", XDP_DROP),
+            ("198.20.0.0", XDP_DROP),
+            ("2001:db8::1", XDP_PASS),
+            ("2001:db9:ffff::1", XDP_PASS),
+            ("2001:dba::1", XDP_DROP),
+            ("2001:db7::1", XDP_DROP),
+        ],
+    );
+}
+
+#[test]
+fn the_whole_space_and_removals_keep_verdicts_exact() {
+    let mut harness = Harness::new(&[25], &["0.0.0.0/0", "::/0", "203.0.113.0/26"]);
+    expect(
+        &mut harness,
+        &[
+            ("0.0.0.1", XDP_PASS),
+            ("255.255.255.254", XDP_PASS),
+            ("192.0.2.66", XDP_PASS),
+            ("2001:db8:bad::66", XDP_PASS),
+            ("ffff::1", XDP_PASS),
+        ],
+    );
+    // Removing /0 must clear every bit except the block of the nested /26.
+    harness.filter.disallow(&cidr("0.0.0.0/0")).unwrap();
+    harness.filter.disallow(&cidr("::/0")).unwrap();
+    expect(
+        &mut harness,
+        &[
+            ("203.0.113.1", XDP_PASS),
+            ("203.0.113.64", XDP_DROP),
+            ("192.0.2.66", XDP_DROP),
+            ("2001:db8:bad::66", XDP_DROP),
+        ],
+    );
+}
+
+#[test]
+fn removing_one_of_two_prefixes_in_a_block_keeps_the_other() {
+    let mut harness = Harness::new(
+        &[25],
+        &["203.0.113.0/26", "203.0.113.192/26", "2001:db8:2::/48"],
+    );
+    harness.filter.disallow(&cidr("203.0.113.0/26")).unwrap();
+    expect(
+        &mut harness,
+        &[
+            ("203.0.113.1", XDP_DROP),
+            ("203.0.113.200", XDP_PASS),
+            ("2001:db8:2::1", XDP_PASS),
+        ],
+    );
+    // Syncing to a set without the block's prefixes clears it; nested prefixes, removed in
+    // either order, leave nothing behind.
+    let wanted = BTreeSet::from([cidr("198.51.100.0/24"), cidr("198.51.100.7/32")]);
+    harness.filter.sync_allowlist(&wanted).unwrap();
+    harness.filter.disallow(&cidr("198.51.100.0/24")).unwrap();
+    expect(
+        &mut harness,
+        &[
+            ("198.51.100.7", XDP_PASS),
+            ("198.51.100.8", XDP_DROP),
+            ("203.0.113.200", XDP_DROP),
+            ("2001:db8:2::1", XDP_DROP),
+        ],
+    );
+    harness.filter.disallow(&cidr("198.51.100.7/32")).unwrap();
+    expect(&mut harness, &[("198.51.100.7", XDP_DROP)]);
+}
+
+#[test]
+fn a_prefix_on_a_word_boundary_of_the_bitmap() {
+    // Block 0xc63fff (198.63.255.0/24) is the last bit of a bitmap word and 0xc64000
+    // (198.64.0.0/24) the first bit of the next; the /17 ends exactly at that boundary.
+    let mut harness = Harness::new(&[25], &["198.63.128.0/17", "198.64.0.0/24"]);
+    expect(
+        &mut harness,
+        &[
+            ("198.63.255.255", XDP_PASS),
+            ("198.63.127.255", XDP_DROP),
+            ("198.64.0.1", XDP_PASS),
+            ("198.64.1.1", XDP_DROP),
+        ],
+    );
+    harness.filter.disallow(&cidr("198.63.128.0/17")).unwrap();
+    expect(
+        &mut harness,
+        &[("198.63.255.255", XDP_DROP), ("198.64.0.1", XDP_PASS)],
+    );
+}
