@@ -69,6 +69,10 @@ pub struct StatusArgs {
     /// Counter rates are measured over this interval (`0` skips them).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// The daemon's DNS state directory: entries learnt from names are shown with their name
+    /// and when DNS last confirmed them.
+    #[arg(long, value_name = "DIR", default_value = dns::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub pins: PinArgs,
 }

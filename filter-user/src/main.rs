@@ -62,7 +62,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => {
-            let status = filter_user::status::read_status(&args.pins.pin_dir, args.interval)?;
+            let status = filter_user::status::read_status(
+                &args.pins.pin_dir,
+                args.interval,
+                &args.state_dir,
+            )?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

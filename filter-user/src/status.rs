@@ -21,11 +21,30 @@ pub struct Status {
     pub action: String,
     pub ports: BTreeSet<u16>,
     pub allowlist: Vec<String>,
+    /// Where each allowlist entry comes from: the DNS names whose last answer holds it (from
+    /// the state file), or none for static prefixes.
+    pub allowlist_origins: Vec<EntryOrigin>,
     pub counters: Vec<FamilyStatus>,
     /// Sources seen most often in the sampled drops (a few samples per second per CPU).
     pub top_dropped_sources: Vec<DroppedSourceStatus>,
     /// Seconds the rates were measured over (0 = no rates).
     pub rate_interval_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EntryOrigin {
+    pub prefix: String,
+    /// `static` (a CIDR, allow file or an entry from an earlier configuration) or `dns`.
+    pub origin: &'static str,
+    pub names: Vec<NameOrigin>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NameOrigin {
+    pub name: String,
+    /// When DNS last answered with this address (Unix seconds), if known.
+    pub confirmed_unix_secs: Option<u64>,
+    pub confirmed_secs_ago: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,8 +137,49 @@ fn open_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
         .with_context(|| format!("pinned map {} has an unknown type", path.display()))
 }
 
-/// Reads the pinned filter's state; counter rates are measured over `interval`.
-pub fn read_status(pin_dir: &Path, interval: Duration) -> anyhow::Result<Status> {
+/// Names each allowlist entry's source from the DNS state file (unreadable: all `static`).
+fn origins(allowlist: &BTreeSet<Cidr>, state_dir: &Path) -> Vec<EntryOrigin> {
+    let saved = crate::dns::state_file::StateFile::in_dir(state_dir)
+        .load()
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    allowlist
+        .iter()
+        .map(|cidr| {
+            let names: Vec<NameOrigin> = saved
+                .names
+                .iter()
+                .filter_map(|(name, entry)| {
+                    let family = if matches!(cidr, Cidr::V4 { .. }) {
+                        &entry.ipv4
+                    } else {
+                        &entry.ipv6
+                    };
+                    let host = family.addresses.iter().any(|a| Cidr::host(*a) == *cidr);
+                    host.then(|| NameOrigin {
+                        name: name.to_string(),
+                        confirmed_unix_secs: family.confirmed_unix,
+                        confirmed_secs_ago: family.confirmed_unix.map(|t| now.saturating_sub(t)),
+                    })
+                })
+                .collect();
+            EntryOrigin {
+                prefix: cidr.to_string(),
+                origin: if names.is_empty() { "static" } else { "dns" },
+                names,
+            }
+        })
+        .collect()
+}
+
+/// Reads the pinned filter's state; counter rates are measured over `interval`; entry origins
+/// come from the DNS state file in `state_dir`.
+pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyhow::Result<Status> {
     let pins = PinDir::new(pin_dir);
     if !pins.versions()?.contains(&LAYOUT_VERSION) {
         bail!(
@@ -155,6 +215,7 @@ pub fn read_status(pin_dir: &Path, interval: Duration) -> anyhow::Result<Status>
         action: format!("{:?}", read_action(&open_map(&pins, map_names::CONFIG)?)?).to_lowercase(),
         ports: read_ports(&open_map(&pins, map_names::PORTS)?)?,
         allowlist: allowlist.iter().map(ToString::to_string).collect(),
+        allowlist_origins: origins(&allowlist, state_dir),
         counters: Family::ALL
             .iter()
             .map(|&family| FamilyStatus {
@@ -215,8 +276,21 @@ pub fn render(status: &Status) -> String {
         }
     );
     out += &format!("allowlist:   {} entries\n", status.allowlist.len());
-    for cidr in &status.allowlist {
-        out += &format!("  {cidr}\n");
+    for entry in &status.allowlist_origins {
+        let names: Vec<String> = entry
+            .names
+            .iter()
+            .map(|n| match n.confirmed_secs_ago {
+                Some(ago) => format!("{} (confirmed {ago}s ago)", n.name),
+                None => n.name.clone(),
+            })
+            .collect();
+        let origin = if names.is_empty() {
+            "static".to_owned()
+        } else {
+            names.join(", ")
+        };
+        out += &format!("  {:<44} {origin}\n", entry.prefix);
     }
     out += &format!("{:<8}", "counters");
     for name in CounterValues::NAMES {

@@ -180,6 +180,35 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
         l.contains("switching from MONITOR to enforcing")
     });
     assert!(first.stop().success());
+    // Status names where each entry comes from, from the state file.
+    let status = tests::process::mxguard_output(
+        &lab.server,
+        &[
+            "status",
+            "--json",
+            "--interval",
+            "0",
+            "--pin-dir",
+            pins.arg(),
+            "--state-dir",
+            state_dir.0.to_str().unwrap(),
+        ],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let origin = &status["allowlist_origins"][0];
+    assert_eq!(origin["prefix"], "192.0.2.10/32", "{status:#}");
+    assert_eq!(origin["origin"], "dns", "{status:#}");
+    assert!(
+        origin["names"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("relay.mx.test"),
+        "{status:#}"
+    );
+    assert!(
+        origin["names"][0]["confirmed_secs_ago"].as_u64().unwrap() < 120,
+        "{status:#}"
+    );
 
     // The state file is lost (corrupt) and DNS is down when the daemon comes back.
     std::fs::write(state_dir.0.join("dns-allowlist.json"), b"{ not json").unwrap();
