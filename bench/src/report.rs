@@ -52,7 +52,7 @@ impl Machine {
         Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: crate::online_cpus(),
             memory_gib: memory_kib / 1024.0 / 1024.0,
             hypervisor,
             date_utc: date.trim().to_string(),
