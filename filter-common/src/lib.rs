@@ -22,6 +22,10 @@ pub mod map_names {
     pub const ALLOW_V4_BLOCKS: &str = "ALLOW_V4_BLOCKS";
     /// Fast path in front of `ALLOW_V6`: one bit per /24 block of IPv6 space.
     pub const ALLOW_V6_BLOCKS: &str = "ALLOW_V6_BLOCKS";
+    /// First level of the IPv4 fast path: one bit per /16 (see [`super::SUMMARY_PREFIX_LEN`]).
+    pub const ALLOW_V4_SUMMARY: &str = "ALLOW_V4_SUMMARY";
+    /// First level of the IPv6 fast path: one bit per /16 of IPv6 space.
+    pub const ALLOW_V6_SUMMARY: &str = "ALLOW_V6_SUMMARY";
 }
 
 /// Name of the XDP program function in the BPF object.
@@ -52,6 +56,14 @@ pub type BlockWord = u64;
 
 /// Number of [`BlockWord`]s in each block bitmap (2^24 blocks / 64 bits = 2 MiB).
 pub const BLOCK_WORDS: u32 = 1 << (BLOCK_PREFIX_LEN - 6);
+
+/// The fast path's first level: the same kind of bitmap at /16 granularity, checked before the
+/// /24 one. At 8 KiB it stays in the CPU cache, so a flood of random sources, most of which
+/// fall in a /16 no allowlisted prefix touches, never reaches the 2 MiB bitmap's cold lines.
+pub const SUMMARY_PREFIX_LEN: u32 = 16;
+
+/// Number of [`BlockWord`]s in each summary bitmap (2^16 / 64 = 1024, 8 KiB).
+pub const SUMMARY_WORDS: u32 = 1 << (SUMMARY_PREFIX_LEN - 6);
 
 /// Value stored in the allowlist tries. Its content is not used by the program (a hit is
 /// what matters); userspace keeps it at 1.

@@ -1,4 +1,4 @@
-//! The allowlist fast path (a /24 block bitmap checked before the LPM tries) at its edges:
+//! The allowlist fast path (/16 and /24 block bitmaps checked before the LPM tries) at its edges:
 //! verdicts through BPF_PROG_TEST_RUN must be exactly those of the tries alone, with the fast
 //! path on and off, and the kernel bitmaps must always be what the allowlist implies.
 
