@@ -26,6 +26,30 @@ pub mod map_names {
     pub const ALLOW_V4_SUMMARY: &str = "ALLOW_V4_SUMMARY";
     /// First level of the IPv6 fast path: one bit per /16 of IPv6 space.
     pub const ALLOW_V6_SUMMARY: &str = "ALLOW_V6_SUMMARY";
+    /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
+    pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
+    /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
+    pub const DROP_SAMPLES: &str = "DROP_SAMPLES";
+    /// LRU hash, written by the daemon only: source address (IPv6 or IPv4-mapped) to
+    /// [`super::DroppedSource`]. It outlives the daemon, so `status` can show top sources.
+    pub const DROPPED_SOURCES: &str = "DROPPED_SOURCES";
+    /// Every map, for pinning. The fast-path bitmaps are pinned with the tries they mirror;
+    /// `Filter` rebuilds them from the tries at every load, so a pin directory made before
+    /// they existed is taken over safely.
+    pub const ALL: [&str; 12] = [
+        ALLOW_V4,
+        ALLOW_V6,
+        PORTS,
+        CONFIG,
+        COUNTERS,
+        RATE_WINDOWS,
+        DROP_SAMPLES,
+        DROPPED_SOURCES,
+        ALLOW_V4_SUMMARY,
+        ALLOW_V4_BLOCKS,
+        ALLOW_V6_SUMMARY,
+        ALLOW_V6_BLOCKS,
+    ];
 }
 
 /// Name of the XDP program function in the BPF object.
@@ -85,6 +109,9 @@ pub enum Action {
     /// Pass it and count it as a would-be drop. Used before the allowlist holds anything,
     /// so a daemon that starts while DNS is down does not cut off the relays blind.
     Monitor = 1,
+    /// Answer a denied SYN with a TCP RST sent back out with `XDP_TX` (like iptables
+    /// `REJECT --reject-with tcp-reset`), within a per-CPU rate limit; drop beyond it.
+    Reject = 2,
 }
 
 impl Action {
@@ -92,6 +119,7 @@ impl Action {
     pub const fn from_raw(raw: u32) -> Self {
         match raw {
             1 => Action::Monitor,
+            2 => Action::Reject,
             _ => Action::Drop,
         }
     }
@@ -103,6 +131,61 @@ impl Action {
 pub struct Config {
     /// An [`Action`] as `u32`.
     pub action: u32,
+    /// With `Reject`: at most this many RSTs per second per CPU; denied SYNs beyond it are
+    /// dropped, so a flood cannot turn the filter into a reflector.
+    pub reject_per_cpu_per_sec: u32,
+}
+
+/// Default for [`Config::reject_per_cpu_per_sec`].
+pub const DEFAULT_REJECT_PER_CPU_PER_SEC: u32 = 1000;
+
+/// Per-CPU state of a rate limit: a one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub window_start_ns: u64,
+    pub sent: u64,
+}
+
+/// Slots of the `RATE_WINDOWS` array.
+pub const RATE_SLOT_REJECT: u32 = 0;
+pub const RATE_SLOT_SAMPLES: u32 = 1;
+pub const RATE_SLOTS: u32 = 2;
+
+/// At most this many drop samples per second per CPU reach the ring buffer.
+pub const DROP_SAMPLES_PER_CPU_PER_SEC: u32 = 64;
+/// Ring buffer size (a power of two, multiple of the page size).
+pub const DROP_SAMPLES_BYTES: u32 = 64 * 1024;
+/// Capacity of the `DROPPED_SOURCES` LRU hash.
+pub const DROPPED_SOURCES_CAPACITY: u32 = 4096;
+
+/// Why a sampled frame was denied.
+pub const SAMPLE_KIND_SYN: u8 = 0;
+pub const SAMPLE_KIND_EVASIVE: u8 = 1;
+
+/// One sampled denied frame, as the program writes it to `DROP_SAMPLES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSample {
+    /// The source address: 16 bytes for IPv6, the first 4 for IPv4.
+    pub source: [u8; 16],
+    /// A [`Family`] as `u8`.
+    pub family: u8,
+    /// [`SAMPLE_KIND_SYN`] or [`SAMPLE_KIND_EVASIVE`].
+    pub kind: u8,
+    /// Destination port of a denied SYN (0 for evasive frames).
+    pub port: u16,
+    pub _pad: [u8; 4],
+}
+
+/// Value of `DROPPED_SOURCES`: what the daemon has seen of one source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedSource {
+    pub samples: u64,
+    pub last_seen_unix_secs: u64,
+    pub last_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Address family a counter row belongs to: the index into the `COUNTERS` array.
@@ -142,6 +225,9 @@ pub struct FamilyCounters {
     pub syn_dropped: u64,
     /// SYNs that would have been dropped but were passed because the action is `Monitor`.
     pub syn_would_drop: u64,
+    /// SYNs answered with a TCP RST (action `Reject`); those over the rate limit count as
+    /// `syn_dropped`.
+    pub syn_rejected: u64,
     /// Fragments and over-long header chains dropped because they could hide a SYN
     /// (tiny first fragments, fragment offset 1, IPv6 chains past the walk bound).
     pub evasive_dropped: u64,
@@ -157,6 +243,7 @@ impl FamilyCounters {
         self.syn_allowed += other.syn_allowed;
         self.syn_dropped += other.syn_dropped;
         self.syn_would_drop += other.syn_would_drop;
+        self.syn_rejected += other.syn_rejected;
         self.evasive_dropped += other.evasive_dropped;
         self.malformed += other.malformed;
     }
@@ -164,8 +251,14 @@ impl FamilyCounters {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C) structs of integers with no padding, valid for any bytes.
+    // SAFETY: these are repr(C) structs of integers with no padding, valid for any bytes.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FamilyCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateWindow {}
+    // SAFETY: as above (explicit padding fields, no implicit padding).
+    unsafe impl aya::Pod for super::DropSample {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DroppedSource {}
 }

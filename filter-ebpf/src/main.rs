@@ -6,15 +6,19 @@
 #![no_std]
 #![no_main]
 
+mod reject;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use filter_common::{
-    ALLOWLIST_CAPACITY, Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, Family, FamilyCounters,
-    MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, SUMMARY_WORDS,
+    ALLOWLIST_CAPACITY, Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
+    DROP_SAMPLES_PER_CPU_PER_SEC, DROPPED_SOURCES_CAPACITY, DropSample, DroppedSource, Family,
+    FamilyCounters, MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, RATE_SLOT_REJECT,
+    RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN, SUMMARY_WORDS,
 };
 
 #[map(name = "ALLOW_V4")]
@@ -52,6 +56,17 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<FamilyCounters> = PerCpuArray::with_max_entries(Family::COUNT, 0);
 
+#[map(name = "RATE_WINDOWS")]
+static RATE_WINDOWS: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(RATE_SLOTS, 0);
+
+#[map(name = "DROP_SAMPLES")]
+static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLES_BYTES, 0);
+
+/// Written by the daemon only (from the samples); declared here so it is pinned with the rest.
+#[map(name = "DROPPED_SOURCES")]
+static DROPPED_SOURCES: LruHashMap<[u8; 16], DroppedSource> =
+    LruHashMap::with_max_entries(DROPPED_SOURCES_CAPACITY, 0);
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -81,8 +96,8 @@ enum Outcome {
     Malformed,
     /// Protected SYN from an allowlisted source.
     SynAllowed,
-    /// Protected SYN from any other source.
-    SynDenied,
+    /// Protected SYN from any other source; its TCP header starts at `tcp`.
+    SynDenied { tcp: usize },
     /// A fragment or header chain that could hide a SYN, from a source not allowlisted.
     EvasiveDenied,
 }
@@ -104,6 +119,17 @@ enum Source {
     V6([u8; 16]),
 }
 
+/// What happens to a denied frame, by the configured action.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+    /// Monitor action: passed, counted as a would-be drop.
+    WouldDrop,
+    /// Answered with a RST through XDP_TX.
+    Rejected,
+}
+
 /// Bounds of the frame; every read is checked against `end` (the verifier insists).
 struct Frame {
     start: usize,
@@ -119,6 +145,17 @@ impl Frame {
         }
         // SAFETY: the N bytes at start+offset lie inside [data, data_end), checked just above.
         Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// Writes `bytes` at `offset`; false if the frame is shorter.
+    #[inline(always)]
+    fn write<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool {
+        if self.start + offset + N > self.end {
+            return false;
+        }
+        // SAFETY: the N bytes at start+offset lie inside [data, data_end), checked just above.
+        unsafe { core::ptr::write_unaligned((self.start + offset) as *mut [u8; N], *bytes) };
+        true
     }
 
     /// Bytes between `offset` and the end of the frame.
@@ -139,28 +176,90 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (family, outcome) = classify(&frame);
-    let deny = matches!(outcome, Outcome::SynDenied | Outcome::EvasiveDenied);
-    let monitor = deny && action() == Action::Monitor;
-    count(family, outcome, monitor);
-    if deny && !monitor {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    let (family, outcome, l3) = classify(&frame);
+    let verdict = match outcome {
+        Outcome::SynDenied { .. } | Outcome::EvasiveDenied => {
+            deny(&ctx, &frame, family, outcome, l3)
+        }
+        _ => Verdict::Pass,
+    };
+    count(family, outcome, verdict);
+    match verdict {
+        Verdict::Pass | Verdict::WouldDrop => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Rejected => xdp_action::XDP_TX,
     }
 }
 
-/// The configured action; read only on the deny path, so passing frames never pay for it.
+/// Applies the configured action to a denied frame. The config is read only here, so passing
+/// frames never pay for it.
 #[inline(always)]
-fn action() -> Action {
-    match CONFIG.get(0) {
-        Some(config) => Action::from_raw(config.action),
-        None => Action::Drop,
+fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: usize) -> Verdict {
+    // Before the action: `reject` rewrites the headers the sample reads.
+    sample(frame, family, outcome, l3);
+    let Some(config) = CONFIG.get(0) else {
+        return Verdict::Drop;
+    };
+    match Action::from_raw(config.action) {
+        Action::Drop => Verdict::Drop,
+        Action::Monitor => Verdict::WouldDrop,
+        Action::Reject => match outcome {
+            // Evasive fragments get no answer: there is no whole TCP header to answer.
+            Outcome::SynDenied { tcp }
+                if reject::within_rate(
+                    &RATE_WINDOWS,
+                    RATE_SLOT_REJECT,
+                    config.reject_per_cpu_per_sec,
+                ) && reject::answer_with_rst(ctx, frame, family, l3, tcp) =>
+            {
+                Verdict::Rejected
+            }
+            _ => Verdict::Drop,
+        },
     }
 }
 
+/// Sends a few denied sources per second per CPU to userspace; under a flood the rest cost
+/// only the rate check.
 #[inline(always)]
-fn count(family: Family, outcome: Outcome, monitor: bool) {
+fn sample(frame: &Frame, family: Family, outcome: Outcome, l3: usize) {
+    if !reject::within_rate(
+        &RATE_WINDOWS,
+        RATE_SLOT_SAMPLES,
+        DROP_SAMPLES_PER_CPU_PER_SEC,
+    ) {
+        return;
+    }
+    let mut event = DropSample {
+        family: family as u8,
+        ..DropSample::default()
+    };
+    match family {
+        Family::Ipv4 => match frame.bytes::<4>(l3 + 12) {
+            Some(source) => event.source[..4].copy_from_slice(&source),
+            None => return,
+        },
+        Family::Ipv6 => match frame.bytes::<16>(l3 + 8) {
+            Some(source) => event.source = source,
+            None => return,
+        },
+        Family::Other => return,
+    }
+    match outcome {
+        Outcome::SynDenied { tcp } => {
+            event.kind = SAMPLE_KIND_SYN;
+            if let Some(ports) = frame.bytes::<4>(tcp) {
+                event.port = be16(ports[2], ports[3]);
+            }
+        }
+        _ => event.kind = SAMPLE_KIND_EVASIVE,
+    }
+    // A full ring (no reader) just loses the sample.
+    let _ = DROP_SAMPLES.output::<DropSample>(&event, 0);
+}
+
+#[inline(always)]
+fn count(family: Family, outcome: Outcome, verdict: Verdict) {
     let Some(row) = COUNTERS.get_ptr_mut(family as u32) else {
         return;
     };
@@ -168,20 +267,22 @@ fn count(family: Family, outcome: Outcome, monitor: bool) {
     // writes it concurrently.
     let row = unsafe { &mut *row };
     row.frames += 1;
-    match outcome {
-        Outcome::Pass => {}
-        Outcome::Malformed => row.malformed += 1,
-        Outcome::SynAllowed => row.syn_allowed += 1,
-        _ if monitor => row.syn_would_drop += 1,
-        Outcome::SynDenied => row.syn_dropped += 1,
-        Outcome::EvasiveDenied => row.evasive_dropped += 1,
+    match (outcome, verdict) {
+        (_, Verdict::WouldDrop) => row.syn_would_drop += 1,
+        (_, Verdict::Rejected) => row.syn_rejected += 1,
+        (Outcome::SynDenied { .. }, _) => row.syn_dropped += 1,
+        (Outcome::EvasiveDenied, _) => row.evasive_dropped += 1,
+        (Outcome::Malformed, _) => row.malformed += 1,
+        (Outcome::SynAllowed, _) => row.syn_allowed += 1,
+        (Outcome::Pass, _) => {}
     }
 }
 
 #[inline(always)]
-fn classify(frame: &Frame) -> (Family, Outcome) {
+/// Judges a frame; also returns where its IP header starts.
+fn classify(frame: &Frame) -> (Family, Outcome, usize) {
     let Some(eth) = frame.bytes::<ETH_HLEN>(0) else {
-        return (Family::Other, Outcome::Malformed);
+        return (Family::Other, Outcome::Malformed, 0);
     };
     let mut ethertype = be16(eth[12], eth[13]);
     let mut offset = ETH_HLEN;
@@ -190,16 +291,16 @@ fn classify(frame: &Frame) -> (Family, Outcome) {
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             let Some(tag) = frame.bytes::<4>(offset) else {
-                return (Family::Other, Outcome::Malformed);
+                return (Family::Other, Outcome::Malformed, 0);
             };
             ethertype = be16(tag[2], tag[3]);
             offset += 4;
         }
     }
     match ethertype {
-        ETH_P_IPV4 => (Family::Ipv4, classify_ipv4(frame, offset)),
-        ETH_P_IPV6 => (Family::Ipv6, classify_ipv6(frame, offset)),
-        _ => (Family::Other, Outcome::Pass),
+        ETH_P_IPV4 => (Family::Ipv4, classify_ipv4(frame, offset), offset),
+        ETH_P_IPV6 => (Family::Ipv6, classify_ipv6(frame, offset), offset),
+        _ => (Family::Other, Outcome::Pass, offset),
     }
 }
 
@@ -271,11 +372,19 @@ fn classify_ipv6(frame: &Frame, offset: usize) -> Outcome {
                 }
                 let header_len = match next_header {
                     IPV6_FRAGMENT => {
+                        // A fragment header cut short is not read: the chain is truncated
+                        // as it stands before this header.
+                        if cursor + 8 > payload_end {
+                            return truncated_chain(fragment, source);
+                        }
                         let fragment_offset = be16(ext[2], ext[3]) >> 3;
                         let more_fragments = ext[3] & 1 != 0;
                         fragment = match fragment_offset {
                             0 if more_fragments => Fragment::First,
-                            0 => Fragment::Whole,
+                            // An atomic fragment header after a first-fragment one does not
+                            // make the datagram whole: the outer header already queued this
+                            // frame for reassembly, and the rest of the chain comes later.
+                            0 => fragment,
                             1 if ext[0] == IPPROTO_TCP => Fragment::OffsetOne,
                             _ => return Outcome::Pass,
                         };
@@ -342,7 +451,7 @@ fn judge_tcp(
         if !port_protected(be16(tcp[2], tcp[3])) {
             return Outcome::Pass;
         }
-        return deny_unless_allowlisted(source, Outcome::SynDenied);
+        return deny_unless_allowlisted(source, Outcome::SynDenied { tcp: offset });
     }
     if fragment != Fragment::First {
         // A whole segment too short for a TCP header: the kernel discards it.

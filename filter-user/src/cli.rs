@@ -1,13 +1,20 @@
 //! Command-line interface of `mxguard`, and its validation into a [`RunPlan`].
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     cidr::{Cidr, parse_allow_file},
+    dns::{self, DnsSettings, HostName, RefreshPolicy},
     filter::{AttachMode, interface_index},
+    pins::DEFAULT_PIN_DIR,
 };
 
 /// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
@@ -18,17 +25,64 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant (many flags) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the filter to interfaces and keep it running in the foreground until SIGINT or
-    /// SIGTERM, then detach.
+    /// Attach the filter to interfaces and keep its allowlist up to date, in the foreground.
+    /// The filter is pinned on bpffs: it stays attached and enforcing when the daemon stops
+    /// (unless --detach-on-exit), and a restarted daemon takes it over without a gap.
     Run(RunArgs),
+    /// Remove the pinned filter from all interfaces (or one), with its pins. Stop the daemon
+    /// first: while it runs it holds the filter.
+    Detach(DetachArgs),
+    /// Validate the configuration (file and flags, as `run` would read them) and print the
+    /// effective configuration. Exits non-zero on any error.
+    CheckConfig(RunArgs),
+    /// Show the pinned filter: interfaces and modes, ports, action, allowlist, counters and
+    /// rates. Reads the pins, so it works while the daemon is down.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
+    /// nothing is mounted there yet).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Only this interface (default: all).
+    #[arg(long = "iface", value_name = "IF")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Counter rates are measured over this interval (`0` skips them).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub pins: PinArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// TOML configuration file holding any of these flags under their own names; a flag given
+    /// here overrides the file. Default: /etc/mxguard/mxguard.toml if it exists. SIGHUP
+    /// re-reads it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Interface to protect (repeatable). The filter sees frames arriving on it.
-    #[arg(long = "iface", value_name = "IF", required = true)]
+    #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
 
     /// TCP port whose incoming SYNs are filtered (repeatable, or comma-separated). Default: 25.
@@ -54,9 +108,85 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: AttachMode,
 
+    /// What to do with a denied SYN: `drop` it; `reject` it with a TCP RST sent from XDP (like
+    /// iptables REJECT --reject-with tcp-reset, rate-limited); or `monitor`: pass everything
+    /// and count would-be drops, for a safe rollout.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub action: ActionArg,
+
+    /// With `--action reject`: at most this many RSTs per second per CPU; beyond it denied
+    /// SYNs are dropped, so a spoofed flood cannot use the server as a reflector.
+    #[arg(long, value_name = "N", default_value_t = filter_common::DEFAULT_REJECT_PER_CPU_PER_SEC)]
+    pub reject_rate: u32,
+
     /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9725). Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// DNS name whose A and AAAA addresses are allowed (repeatable), e.g. the filtering
+    /// service's relay name. Always queried fully qualified; followed as its records change.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+
+    /// Name server for --allow-host lookups (repeatable): ADDR or ADDR:PORT ([ADDR]:PORT for
+    /// IPv6). Default: the servers in /etc/resolv.conf.
+    #[arg(long = "dns-server", value_name = "ADDR[:PORT]")]
+    pub dns_servers: Vec<String>,
+
+    /// Never look a name up more often than this, whatever its TTL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub dns_min_refresh: Duration,
+
+    /// Look every name up at least this often, even if its TTL is longer.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub dns_max_refresh: Duration,
+
+    /// How long a name keeps its last known addresses without a successful DNS answer.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub dns_stale_grace: Duration,
+
+    /// Timeout of one DNS query. Default: resolv.conf's `timeout`, else 5s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dns_timeout: Option<Duration>,
+
+    /// Directory of the state file that keeps the names' last known good addresses.
+    #[arg(long, value_name = "DIR", default_value = dns::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Drop from the first moment, even while the allowlist is still empty. Without it, an
+    /// empty allowlist (nothing static, no state file, DNS not answering yet) only counts
+    /// would-be drops until it holds an address.
+    #[arg(long)]
+    pub strict: bool,
+
+    #[command(flatten)]
+    pub pins: PinArgs,
+
+    /// Detach (and unpin) when the daemon stops, instead of leaving the filter enforcing.
+    /// For development.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+/// `--action` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionArg {
+    Drop,
+    Reject,
+    Monitor,
+}
+
+impl From<ActionArg> for filter_common::Action {
+    fn from(action: ActionArg) -> Self {
+        match action {
+            ActionArg::Drop => filter_common::Action::Drop,
+            ActionArg::Reject => filter_common::Action::Reject,
+            ActionArg::Monitor => filter_common::Action::Monitor,
+        }
+    }
 }
 
 /// Everything `run` needs, validated: nothing is loaded or attached before this exists.
@@ -66,12 +196,24 @@ pub struct RunPlan {
     pub ports: BTreeSet<u16>,
     pub allow: BTreeSet<Cidr>,
     pub mode: AttachMode,
+    pub action: filter_common::Action,
+    pub reject_rate: u32,
     pub stats_interval: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The DNS side, when there is at least one --allow-host.
+    pub dns: Option<DnsSettings>,
+    pub strict: bool,
+
+    pub pin_dir: PathBuf,
+    pub detach_on_exit: bool,
 }
 
 impl RunArgs {
     /// Validates every argument and reads the allow files. Any error names the bad input.
     pub fn plan(&self) -> anyhow::Result<RunPlan> {
+        if self.ifaces.is_empty() {
+            bail!("no interface to protect: give --iface or set `iface` in the config file");
+        }
         let mut ifaces = Vec::new();
         for iface in &self.ifaces {
             interface_index(iface)?;
@@ -106,9 +248,108 @@ impl RunArgs {
             ports,
             allow,
             mode: self.mode,
+            action: self.action.into(),
+            reject_rate: self.reject_rate,
             stats_interval: self.stats_interval,
+            metrics_addr: self.metrics_addr,
+            dns: self.dns_settings()?,
+            strict: self.strict,
+
+            pin_dir: self.pins.pin_dir.clone(),
+            detach_on_exit: self.detach_on_exit,
         })
     }
+
+    /// Validates the DNS arguments; `None` without --allow-host.
+    fn dns_settings(&self) -> anyhow::Result<Option<DnsSettings>> {
+        let mut hosts = BTreeSet::new();
+        for text in &self.allow_hosts {
+            let host: HostName = text.parse()?;
+            if !hosts.insert(host) {
+                bail!("host name {text:?} given twice");
+            }
+        }
+        let servers = self
+            .dns_servers
+            .iter()
+            .map(|text| parse_dns_server(text))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if hosts.is_empty() {
+            if !servers.is_empty() {
+                bail!("--dns-server is only used for --allow-host names, and none is given");
+            }
+            return Ok(None);
+        }
+        let policy = RefreshPolicy {
+            min_refresh: self.dns_min_refresh,
+            max_refresh: self.dns_max_refresh,
+            stale_grace: self.dns_stale_grace,
+        };
+        // Bounded so that deadlines computed from them can never overflow the clock.
+        for (flag, value) in [
+            ("--dns-min-refresh", policy.min_refresh),
+            ("--dns-max-refresh", policy.max_refresh),
+            ("--dns-stale-grace", policy.stale_grace),
+            ("--dns-timeout", self.dns_timeout.unwrap_or_default()),
+        ] {
+            if value > MAX_DNS_DURATION {
+                bail!("{flag} ({value:?}) is longer than a year");
+            }
+        }
+        if policy.min_refresh.is_zero() {
+            bail!("--dns-min-refresh must be more than 0");
+        }
+        if policy.min_refresh > policy.max_refresh {
+            bail!(
+                "--dns-min-refresh ({:?}) is longer than --dns-max-refresh ({:?})",
+                policy.min_refresh,
+                policy.max_refresh
+            );
+        }
+        if policy.stale_grace <= policy.max_refresh {
+            bail!(
+                "--dns-stale-grace ({:?}) must be longer than --dns-max-refresh ({:?}), or \
+                 addresses would expire between two lookups",
+                policy.stale_grace,
+                policy.max_refresh
+            );
+        }
+        if self.dns_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            bail!("--dns-timeout must be more than 0");
+        }
+        Ok(Some(DnsSettings {
+            hosts,
+            servers,
+            timeout: self.dns_timeout,
+            policy,
+            state_dir: self.state_dir.clone(),
+        }))
+    }
+}
+
+/// The longest duration any DNS flag accepts.
+const MAX_DNS_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A name server: `ADDR`, `ADDR:PORT`, `[IPV6]` or `[IPV6]:PORT`; the port defaults to 53.
+pub fn parse_dns_server(text: &str) -> anyhow::Result<SocketAddr> {
+    let trimmed = text.trim();
+    let parse = || -> anyhow::Result<SocketAddr> {
+        if let Ok(addr) = trimmed.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                bail!("port 0 is not a DNS server port");
+            }
+            return Ok(addr);
+        }
+        let bare = trimmed
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(trimmed);
+        let ip: IpAddr = bare
+            .parse()
+            .context("expected an IP address, optionally with :PORT")?;
+        Ok(SocketAddr::new(ip, 53))
+    };
+    parse().with_context(|| format!("invalid DNS server {text:?}"))
 }
 
 /// A TCP port from 1 to 65535.
@@ -153,6 +394,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Run(args) => args,
+            _ => panic!("parsed a run command line"),
         })
     }
 
@@ -242,9 +484,104 @@ mod tests {
     }
 
     #[test]
-    fn clap_rejects_missing_iface_and_bad_mode() {
-        assert!(run_args(&[]).is_err());
+    fn missing_iface_and_bad_mode_are_rejected() {
+        // The interface may come from the config file, so its absence is a plan error.
+        assert!(plan_error(&[]).contains("no interface to protect"));
         assert!(run_args(&["--iface", "lo", "--mode", "turbo"]).is_err());
+        assert!(run_args(&["--iface", "lo", "--action", "bounce"]).is_err());
+    }
+
+    #[test]
+    fn dns_arguments_become_settings() {
+        let plan = run_args(&[
+            "--iface",
+            "lo",
+            "--allow-host",
+            "Relay.Example.test",
+            "--allow-host",
+            "relay2.example.test.",
+            "--dns-server",
+            "192.0.2.53",
+            "--dns-server",
+            "198.51.100.53:5353",
+            "--dns-server",
+            "[2001:db8::53]:53",
+            "--dns-server",
+            "2001:db8::54",
+            "--dns-min-refresh",
+            "1s",
+            "--dns-max-refresh",
+            "10s",
+            "--dns-stale-grace",
+            "1m",
+            "--dns-timeout",
+            "500ms",
+            "--state-dir",
+            "/tmp/mxguard-state",
+            "--strict",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap();
+        assert!(plan.strict);
+        let dns = plan.dns.expect("DNS settings");
+        let hosts: Vec<String> = dns.hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["relay.example.test.", "relay2.example.test."]);
+        let servers: Vec<String> = dns.servers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            servers,
+            [
+                "192.0.2.53:53",
+                "198.51.100.53:5353",
+                "[2001:db8::53]:53",
+                "[2001:db8::54]:53"
+            ]
+        );
+        assert_eq!(dns.policy.min_refresh, Duration::from_secs(1));
+        assert_eq!(dns.policy.max_refresh, Duration::from_secs(10));
+        assert_eq!(dns.policy.stale_grace, Duration::from_secs(60));
+        assert_eq!(dns.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(dns.state_dir, PathBuf::from("/tmp/mxguard-state"));
+    }
+
+    #[test]
+    fn dns_defaults() {
+        let plan = run_args(&["--iface", "lo"]).unwrap().plan().unwrap();
+        assert_eq!(plan.dns, None);
+        assert!(!plan.strict);
+        let plan = run_args(&["--iface", "lo", "--allow-host", "relay.test"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        let dns = plan.dns.unwrap();
+        assert!(dns.servers.is_empty(), "resolv.conf");
+        assert_eq!(dns.policy.min_refresh, Duration::from_secs(30));
+        assert_eq!(dns.policy.max_refresh, Duration::from_secs(3600));
+        assert_eq!(dns.policy.stale_grace, Duration::from_secs(86400));
+        assert_eq!(dns.timeout, None);
+        assert_eq!(dns.state_dir, PathBuf::from("/var/lib/mxguard"));
+    }
+
+    #[test]
+    fn bad_dns_arguments_are_rejected() {
+        let host = ["--iface", "lo", "--allow-host", "relay.test"];
+        let with = |extra: &[&str]| {
+            let mut args = host.to_vec();
+            args.extend_from_slice(extra);
+            plan_error(&args)
+        };
+        assert!(plan_error(&["--iface", "lo", "--allow-host", "192.0.2.1"]).contains("--allow"));
+        assert!(with(&["--allow-host", "RELAY.test."]).contains("given twice"));
+        assert!(with(&["--dns-server", "ns.example.test"]).contains("invalid DNS server"));
+        assert!(with(&["--dns-server", "192.0.2.53:0"]).contains("port 0"));
+        assert!(
+            plan_error(&["--iface", "lo", "--dns-server", "192.0.2.53"]).contains("none is given")
+        );
+        assert!(with(&["--dns-min-refresh", "0"]).contains("more than 0"));
+        assert!(with(&["--dns-min-refresh", "2h"]).contains("longer than --dns-max-refresh"));
+        assert!(with(&["--dns-stale-grace", "30m"]).contains("must be longer"));
+        assert!(with(&["--dns-timeout", "0s"]).contains("more than 0"));
+        assert!(with(&["--dns-stale-grace", "10000h"]).contains("longer than a year"));
     }
 
     #[test]

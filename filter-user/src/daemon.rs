@@ -3,44 +3,94 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use filter_common::Family;
+use filter_common::{Action, Family};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
-    filter::{Counters, Filter},
+    dns::{AllowlistUpdate, DnsEngine, Enforcer},
+    filter::{AttachOutcome, Counters, Filter},
+    metrics,
+    pins::PinDir,
+    samples::DropSamples,
 };
 
 /// Runs the filter until SIGINT or SIGTERM. Every input was validated in `plan`; a failure
 /// while loading or attaching leaves nothing attached.
-pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
+/// `reload` re-reads the configuration on SIGHUP.
+pub async fn run(
+    plan: RunPlan,
+    reload: impl Fn() -> anyhow::Result<RunPlan>,
+) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let mut filter = Filter::load()?;
-    filter.set_ports(&plan.ports, &BTreeSet::new())?;
-    filter.sync_allowlist(&plan.allow)?;
-    if plan.allow.is_empty() {
-        tracing::warn!("the allowlist is empty: every SYN to a protected port will be dropped");
+    // Bind the metrics port before touching the kernel: a taken port is a config error.
+    if let Some(addr) = plan.metrics_addr {
+        metrics::serve(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
-    let modes = filter.attach_all(&plan.ifaces, plan.mode)?;
-    for (iface, mode) in plan.ifaces.iter().zip(&modes) {
-        tracing::info!(iface = %iface, mode = %mode, "attached XDP filter");
+    let pins = PinDir::new(&plan.pin_dir);
+    pins.ensure_bpffs()?;
+    // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
+    let mut filter = Filter::load_pinned(&pins)?;
+    let previous_ports = filter.ports()?;
+    // Maps are filled before any attach, so a fresh interface is never filtered with an
+    // empty allowlist, and an adopted one switches program with its data already in place.
+    filter.set_ports(&plan.ports, &previous_ports)?;
+    filter.set_reject_rate(plan.reject_rate)?;
+    if plan.action == Action::Monitor {
+        tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
+    }
+    // The state file first: a restart while DNS is down keeps the last known relays.
+    let (initial, mut sources) = AllowSources::start(&plan, &filter.allowlist()?)?;
+    // Fills the allowlist and sets the action: the configured one, or monitor while the
+    // allowlist is still empty (unless --strict) until it holds an address.
+    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
+    let results = filter.attach_all_pinned(&plan.ifaces, plan.mode)?;
+    for (iface, (mode, outcome)) in plan.ifaces.iter().zip(&results) {
+        match outcome {
+            AttachOutcome::Attached => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter")
+            }
+            AttachOutcome::Adopted => {
+                tracing::info!(iface = %iface, mode = %mode, "attached XDP filter (took over the pinned one without a gap)")
+            }
+            AttachOutcome::Upgraded { from_version } => tracing::info!(
+                iface = %iface,
+                mode = %mode,
+                "attached XDP filter (replaced pin layout v{from_version} without a gap)"
+            ),
+        }
+    }
+    detach_unconfigured(&pins, &plan.ifaces);
+    for (iface, (mode, _)) in plan.ifaces.iter().zip(&results) {
+        metrics::publish_attachment(iface, &mode.to_string());
     }
     tracing::info!(
         ports = ?plan.ports,
-        allowlist = plan.allow.len(),
+        allowlist = initial.len(),
         "filtering SYNs to the protected ports from sources outside the allowlist"
     );
     for cidr in &plan.allow {
         tracing::info!(%cidr, "allowlisted");
     }
 
-    let mut ticker = (!plan.stats_interval.is_zero()).then(|| {
-        let mut ticker = tokio::time::interval(plan.stats_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticker = stats_ticker(&plan);
+    let mut plan = plan;
+    // Sampled drops are tallied into the pinned DROPPED_SOURCES map for `status`; without
+    // them the filter works the same, so a failure here is only a warning.
+    let mut samples = match filter.take_drop_samples().and_then(DropSamples::new) {
+        Ok(samples) => Some(samples),
+        Err(error) => {
+            tracing::warn!("drop sampling unavailable: {error:#}");
+            None
+        }
+    };
+    // Metrics are refreshed from the maps every second; cheap (a few map reads).
+    let mut metrics_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
@@ -48,13 +98,195 @@ pub async fn run(plan: RunPlan) -> anyhow::Result<()> {
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
             }
+            _ = metrics_tick.tick(), if plan.metrics_addr.is_some() => publish_metrics(&filter),
+            batch = async { samples.as_mut().expect("guarded").next_batch().await }, if samples.is_some() => {
+                match batch.and_then(|batch| filter.tally_drop_samples(&batch)) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::warn!("drop sampling stopped: {error:#}");
+                        samples = None;
+                    }
+                }
+            }
+            update = sources.next_update() => {
+                if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
+                    tracing::error!("updating the allowlist failed: {error:#}");
+                }
+                metrics::publish_dns(&update.stats);
+            }
+            _ = sighup.recv() => {
+                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, &plan, new)) {
+                    Ok(new) => {
+                        plan = new;
+                        ticker = stats_ticker(&plan);
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(error) => tracing::error!("reload rejected, the running configuration stays: {error:#}"),
+                }
+            }
         }
     };
+    sources.stop();
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
-    filter.detach_all();
-    tracing::info!("detached; bye");
+    if plan.detach_on_exit {
+        filter.detach_all();
+        tracing::info!("detached; bye");
+    } else {
+        tracing::info!(
+            pins = %plan.pin_dir.display(),
+            "the filter stays attached and enforcing; `mxguard detach` removes it"
+        );
+    }
     Ok(())
+}
+
+fn stats_ticker(plan: &RunPlan) -> Option<tokio::time::Interval> {
+    (!plan.stats_interval.is_zero()).then(|| {
+        let mut ticker = tokio::time::interval(plan.stats_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    })
+}
+
+/// Applies a reloaded configuration without detaching: ports (new ones first), RST rate,
+/// action, and the allowlist sources (static prefixes, names, DNS settings). What needs a
+/// restart is refused before anything changes.
+fn reconfigure(
+    filter: &mut Filter,
+    enforcer: &mut Enforcer,
+    sources: &mut AllowSources,
+    running: &RunPlan,
+    new: RunPlan,
+) -> anyhow::Result<RunPlan> {
+    crate::config::check_reloadable(running, &new)?;
+    // Build the new sources before touching anything, so a failure leaves all as it was.
+    let replacement = (new.allow != running.allow || new.dns != running.dns)
+        .then(|| AllowSources::start(&new, &BTreeSet::new()))
+        .transpose()?;
+    filter.set_ports(&new.ports, &running.ports)?;
+    filter.set_reject_rate(new.reject_rate)?;
+    enforcer.reconfigure(filter, new.action)?;
+    if let Some((initial, replacement)) = replacement {
+        // Add-before-remove holds across the switch: sync adds the new set's entries first.
+        enforcer.apply(filter, &initial)?;
+        std::mem::replace(sources, replacement).stop();
+    }
+    tracing::info!(ports = ?new.ports, action = ?new.action, "reloaded configuration applied");
+    Ok(new)
+}
+
+/// Where the allowlist comes from: static prefixes alone, or the DNS engine (which includes
+/// them) running as a task that publishes the wanted set.
+struct AllowSources {
+    task: Option<tokio::task::JoinHandle<()>>,
+    updates: Option<tokio::sync::watch::Receiver<AllowlistUpdate>>,
+}
+
+impl AllowSources {
+    /// Restores names from the state file and starts resolving; returns the allowlist to fill
+    /// right away. When the state file gives nothing (missing or corrupt), the entries already
+    /// in the pinned maps (`pinned`) are kept until DNS answers: a lost state file must not
+    /// empty a working allowlist.
+    fn start(
+        plan: &RunPlan,
+        pinned: &BTreeSet<crate::cidr::Cidr>,
+    ) -> anyhow::Result<(BTreeSet<crate::cidr::Cidr>, Self)> {
+        let Some(settings) = &plan.dns else {
+            return Ok((
+                plan.allow.clone(),
+                AllowSources {
+                    task: None,
+                    updates: None,
+                },
+            ));
+        };
+        let mut engine = DnsEngine::from_settings(settings, &plan.allow)?;
+        let restored = engine.restore();
+        let mut initial = engine.wanted();
+        if restored == 0 && !pinned.is_empty() {
+            tracing::warn!(
+                entries = pinned.len(),
+                "no addresses restored from the state file: keeping the pinned allowlist until DNS answers"
+            );
+            initial.extend(pinned.iter().copied());
+        }
+        tracing::info!(
+            hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            servers = ?settings.servers,
+            policy = ?settings.policy,
+            state_dir = %settings.state_dir.display(),
+            "resolving allowlist host names"
+        );
+        let (sender, receiver) = tokio::sync::watch::channel(AllowlistUpdate::default());
+        let task = tokio::spawn(engine.run(sender));
+        Ok((
+            initial,
+            AllowSources {
+                task: Some(task),
+                updates: Some(receiver),
+            },
+        ))
+    }
+
+    /// The next published allowlist; pending forever without DNS, or once the task ended
+    /// (fail static: the map keeps what it has).
+    async fn next_update(&mut self) -> AllowlistUpdate {
+        if let Some(updates) = &mut self.updates {
+            if updates.changed().await.is_ok() {
+                return updates.borrow_and_update().clone();
+            }
+            tracing::error!("the DNS task ended; the allowlist stays as it is");
+            self.updates = None;
+        }
+        std::future::pending().await
+    }
+
+    fn stop(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Interfaces pinned by an earlier run but no longer configured are detached, so the running
+/// configuration is what filters.
+fn detach_unconfigured(pins: &PinDir, ifaces: &[String]) {
+    let links = match pins.links() {
+        Ok(links) => links,
+        Err(error) => return tracing::warn!("listing pinned links failed: {error:#}"),
+    };
+    for link in links.iter().filter(|link| !ifaces.contains(&link.iface)) {
+        match std::fs::remove_file(&link.path) {
+            Ok(()) => {
+                tracing::info!(iface = %link.iface, "detached XDP filter: interface no longer configured")
+            }
+            Err(error) => tracing::warn!(iface = %link.iface, "detaching failed: {error}"),
+        }
+    }
+    for version in links
+        .iter()
+        .map(|link| link.version)
+        .collect::<BTreeSet<_>>()
+    {
+        if version != crate::pins::LAYOUT_VERSION
+            && let Err(error) = pins.remove_version_if_unused(version)
+        {
+            tracing::warn!("removing old pins failed: {error:#}");
+        }
+    }
+}
+
+fn publish_metrics(filter: &Filter) {
+    match (filter.counters(), filter.allowlist()) {
+        (Ok(counters), Ok(allowlist)) => {
+            metrics::publish_counters(&counters);
+            metrics::publish_allowlist(&allowlist);
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!("reading maps for metrics failed: {error:#}")
+        }
+    }
 }
 
 fn log_counters(filter: &Filter) {
@@ -70,11 +302,12 @@ pub fn summary(counters: &Counters) -> String {
     for family in Family::ALL {
         let row = counters.family(family);
         parts.push(format!(
-            "{}: frames={} syn_allowed={} syn_dropped={} syn_would_drop={} evasive_dropped={} malformed={}",
+            "{}: frames={} syn_allowed={} syn_dropped={} syn_rejected={} syn_would_drop={} evasive_dropped={} malformed={}",
             family.label(),
             row.frames,
             row.syn_allowed,
             row.syn_dropped,
+            row.syn_rejected,
             row.syn_would_drop,
             row.evasive_dropped,
             row.malformed

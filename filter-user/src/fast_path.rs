@@ -285,6 +285,23 @@ impl FastPath {
         }
     }
 
+    /// Replaces every level's contents with what `prefixes` imply and writes every word (used
+    /// at load, when pinned tries may hold prefixes the bitmaps do not reflect yet).
+    pub fn rebuild(&mut self, prefixes: &[(Fam, u128, u8)]) {
+        for level in &mut self.levels {
+            let mut index = BlockIndex::new(level.index.width, level.index.block_len);
+            for &(fam, addr, len) in prefixes {
+                if fam == level.fam {
+                    index.insert(addr, len);
+                }
+            }
+            level.index = index;
+            for word in 0..level.index.word_count() {
+                level.store(word, self.enabled);
+            }
+        }
+    }
+
     /// Sets the bits of every block `addr/len` touches, in every level of `fam`.
     pub fn insert(&mut self, fam: Fam, addr: u128, len: u8) {
         let enabled = self.enabled;

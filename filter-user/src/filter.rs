@@ -1,22 +1,28 @@
 //! The loaded XDP program and its maps: load, fill, attach, read counters.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, path::PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use filter_common::{
-    Action, AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, Config, Family, FamilyCounters, PORT_OPEN,
-    PORT_PROTECTED, PROGRAM_NAME, PortFlag, SUMMARY_PREFIX_LEN, SUMMARY_WORDS, map_names,
+    Action, AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, Config, DEFAULT_REJECT_PER_CPU_PER_SEC,
+    Family, FamilyCounters, PORT_OPEN, PORT_PROTECTED, PROGRAM_NAME, PortFlag, SUMMARY_PREFIX_LEN,
+    SUMMARY_WORDS, map_names,
 };
 
 use crate::{
     BPF_OBJECT,
     cidr::Cidr,
     fast_path::{Fam, FastPath, MappedBitmap},
+    pins::{LAYOUT_VERSION, PinDir},
 };
 
 /// How to attach to an interface.
@@ -64,10 +70,36 @@ impl Counters {
     }
 }
 
-/// The loaded program with its maps. Dropping it detaches from every interface.
+/// How an attachment is held.
+enum LinkHandle {
+    /// Owned by the program: dropping the filter detaches.
+    Owned(XdpLinkId),
+    /// Pinned on bpffs: survives the daemon; removing the pin (and this fd) detaches.
+    Pinned { link: FdLink, path: PathBuf },
+}
+
+struct Attachment {
+    iface: String,
+    mode: AttachedMode,
+    handle: LinkHandle,
+}
+
+/// What `attach_pinned` did for an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// No filter was there: attached fresh.
+    Attached,
+    /// A filter of this layout was there: its link now runs this program (no gap).
+    Adopted,
+    /// A filter of an older pin layout was there: replaced in place (no gap), old pins removed.
+    Upgraded { from_version: u32 },
+}
+
+/// The loaded program with its maps. Dropping it detaches owned attachments; pinned ones stay.
 pub struct Filter {
     ebpf: Ebpf,
-    attachments: Vec<(String, XdpLinkId, AttachedMode)>,
+    attachments: Vec<Attachment>,
+    pins: Option<PinDir>,
     /// The allowlist fast path's bitmaps (see `fast_path`), kept in step with the tries by
     /// `allow` and `disallow`.
     fast_path: FastPath,
@@ -77,7 +109,28 @@ impl Filter {
     /// Loads the embedded program into the kernel (this runs the verifier) with an empty
     /// allowlist, no protected ports and the `Drop` action. Nothing is attached yet.
     pub fn load() -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(BPF_OBJECT).context("loading the BPF object")?;
+        let ebpf = Ebpf::load(BPF_OBJECT).context("loading the BPF object")?;
+        Self::finish_load(ebpf, None)
+    }
+
+    /// Loads the program with its maps pinned under `pins` (current layout): maps already
+    /// pinned there are reused, so the allowlist, ports and counters carry over.
+    pub fn load_pinned(pins: &PinDir) -> anyhow::Result<Self> {
+        pins.create()?;
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+        let ebpf = loader.load(BPF_OBJECT).with_context(|| {
+            format!(
+                "loading the BPF object with maps pinned under {}",
+                pins.root().display()
+            )
+        })?;
+        Self::finish_load(ebpf, Some(pins.clone()))
+    }
+
+    fn finish_load(mut ebpf: Ebpf, pins: Option<PinDir>) -> anyhow::Result<Self> {
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("BPF object has no program {PROGRAM_NAME}"))?
@@ -123,10 +176,13 @@ impl Filter {
         let mut filter = Filter {
             ebpf,
             attachments: Vec::new(),
+            pins,
             fast_path: FastPath::new(levels),
         };
-        filter.set_action(Action::Drop)?;
-        // The bitmaps start zeroed, matching the empty tries of a fresh load.
+        // Pinned tries may already hold prefixes, and pinned bitmaps may predate them (or be
+        // new): derive the bitmaps from the tries before anything is attached.
+        let prefixes: Vec<(Fam, u128, u8)> = filter.allowlist()?.iter().map(block_key).collect();
+        filter.fast_path.rebuild(&prefixes);
         Ok(filter)
     }
 
@@ -168,26 +224,35 @@ impl Filter {
 
     /// The ports currently protected, read back from the map.
     pub fn ports(&self) -> anyhow::Result<BTreeSet<u16>> {
-        let map: Array<&MapData, PortFlag> = self.map_ref(map_names::PORTS)?;
-        let mut ports = BTreeSet::new();
-        for (index, flag) in map.iter().enumerate() {
-            if flag.context("reading the port map")? == PORT_PROTECTED {
-                ports.insert(u16::try_from(index).context("port index out of range")?);
-            }
-        }
-        Ok(ports)
+        read_ports(self.raw_map(map_names::PORTS)?)
     }
 
+    /// The action in force, read back from the map.
+    pub fn action(&self) -> anyhow::Result<Action> {
+        read_action(self.raw_map(map_names::CONFIG)?)
+    }
+
+    /// Sets the action for denied SYNs, keeping the RST rate limit (default if unset).
     pub fn set_action(&mut self, action: Action) -> anyhow::Result<()> {
         let mut map: Array<&mut MapData, Config> = self.map(map_names::CONFIG)?;
-        map.set(
-            0,
-            Config {
-                action: action as u32,
-            },
-            0,
-        )
-        .context("writing the action")
+        let current = map.get(&0, 0).context("reading the config")?;
+        let reject_per_cpu_per_sec = match current.reject_per_cpu_per_sec {
+            0 => DEFAULT_REJECT_PER_CPU_PER_SEC,
+            rate => rate,
+        };
+        let config = Config {
+            action: action as u32,
+            reject_per_cpu_per_sec,
+        };
+        map.set(0, config, 0).context("writing the action")
+    }
+
+    /// Sets the RST rate limit of the `reject` action (per CPU, per second).
+    pub fn set_reject_rate(&mut self, per_cpu_per_sec: u32) -> anyhow::Result<()> {
+        let mut map: Array<&mut MapData, Config> = self.map(map_names::CONFIG)?;
+        let mut config = map.get(&0, 0).context("reading the config")?;
+        config.reject_per_cpu_per_sec = per_cpu_per_sec;
+        map.set(0, config, 0).context("writing the reject rate")
     }
 
     /// Adds one prefix to the allowlist.
@@ -280,43 +345,65 @@ impl Filter {
 
     /// The prefixes in the allowlist, read back from both tries.
     pub fn allowlist(&self) -> anyhow::Result<BTreeSet<Cidr>> {
-        let mut set = BTreeSet::new();
-        let v4: LpmTrie<&MapData, [u8; 4], AllowEntry> = self.map_ref(map_names::ALLOW_V4)?;
-        for key in v4.keys() {
-            let key = key.context("reading the IPv4 allowlist")?;
-            set.insert(Cidr::new(
-                key.data().into(),
-                u8::try_from(key.prefix_len())?,
-            )?);
-        }
-        let v6: LpmTrie<&MapData, [u8; 16], AllowEntry> = self.map_ref(map_names::ALLOW_V6)?;
-        for key in v6.keys() {
-            let key = key.context("reading the IPv6 allowlist")?;
-            let addr = std::net::Ipv6Addr::from(key.data());
-            let prefix_len = u8::try_from(key.prefix_len())?;
-            // Not Cidr::new: an IPv4-mapped entry in the v6 trie must be listed as it is.
-            set.insert(Cidr::V6 { addr, prefix_len });
-        }
-        Ok(set)
+        read_allowlist(
+            self.raw_map(map_names::ALLOW_V4)?,
+            self.raw_map(map_names::ALLOW_V6)?,
+        )
+    }
+
+    /// Takes the drop-sample ring buffer out of the object (one reader: the daemon).
+    pub fn take_drop_samples(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(map_names::DROP_SAMPLES)
+            .ok_or_else(|| anyhow!("BPF object has no map {}", map_names::DROP_SAMPLES))?;
+        aya::maps::RingBuf::try_from(map).context("DROP_SAMPLES is not a ring buffer")
+    }
+
+    /// Adds sampled drops to the `DROPPED_SOURCES` tally.
+    pub fn tally_drop_samples(
+        &mut self,
+        samples: &[filter_common::DropSample],
+    ) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::DROPPED_SOURCES)
+            .ok_or_else(|| anyhow!("BPF object has no map {}", map_names::DROPPED_SOURCES))?;
+        crate::samples::tally(map, samples)
+    }
+
+    /// The sources sampled most often.
+    pub fn top_dropped_sources(
+        &self,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(std::net::IpAddr, filter_common::DroppedSource)>> {
+        crate::samples::top_sources(self.raw_map(map_names::DROPPED_SOURCES)?, limit)
     }
 
     /// Counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<Counters> {
-        let map: PerCpuArray<&MapData, FamilyCounters> = self.map_ref(map_names::COUNTERS)?;
-        let mut counters = Counters::default();
-        for family in Family::ALL {
-            let per_cpu = map.get(&(family as u32), 0).context("reading counters")?;
-            for row in per_cpu.iter() {
-                counters.0[family as usize].add(row);
-            }
-        }
-        Ok(counters)
+        read_counters(self.raw_map(map_names::COUNTERS)?)
     }
 
-    /// Attaches to `iface`. `Auto` tries native first and falls back to generic.
+    /// Attaches to `iface`, owned by this filter (unpinned). `Auto` tries native first and
+    /// falls back to generic.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<AttachedMode> {
+        let (link, attached) = self.attach_link(iface, mode)?;
+        self.attachments.push(Attachment {
+            iface: iface.to_owned(),
+            mode: attached,
+            handle: LinkHandle::Owned(link),
+        });
+        Ok(attached)
+    }
+
+    fn attach_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> anyhow::Result<(XdpLinkId, AttachedMode)> {
         let program = self.program_mut()?;
-        let (link, attached) = match mode {
+        Ok(match mode {
             AttachMode::Native => (
                 program.attach(iface, XdpMode::Driver)?,
                 AttachedMode::Native,
@@ -329,13 +416,112 @@ impl Filter {
                     (program.attach(iface, XdpMode::Skb)?, AttachedMode::Generic)
                 }
             },
-        };
-        self.attachments.push((iface.to_owned(), link, attached));
-        Ok(attached)
+        })
     }
 
-    /// Attaches to every interface, or to none: on a failure the ones already attached are
-    /// detached again before the error is returned.
+    /// Attaches to `iface` through a link pinned on bpffs, so the filter stays when the daemon
+    /// stops. An existing pinned link for `iface` (this layout or an older one) is taken over
+    /// with an atomic program replacement (BPF_LINK_UPDATE): the interface is never unfiltered.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> anyhow::Result<(AttachedMode, AttachOutcome)> {
+        let pins = self
+            .pins
+            .clone()
+            .context("attach_pinned needs a filter loaded with load_pinned")?;
+        let existing = pins
+            .links()?
+            .into_iter()
+            .filter(|link| link.iface == iface)
+            .max_by_key(|link| link.version);
+        let Some(existing) = existing else {
+            let (link_id, attached) = self.attach_link(iface, mode)?;
+            let link: FdLink = self
+                .program_mut()?
+                .take_link(link_id)?
+                .try_into()
+                .context("XDP link is not a bpf_link")?;
+            let path = pins.link_path(iface, attached);
+            let link = link
+                .pin(&path)
+                .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            self.attachments.push(Attachment {
+                iface: iface.to_owned(),
+                mode: attached,
+                handle: LinkHandle::Pinned {
+                    link: link.into(),
+                    path,
+                },
+            });
+            return Ok((attached, AttachOutcome::Attached));
+        };
+
+        if !matches!(
+            (mode, existing.mode),
+            (AttachMode::Auto, _)
+                | (AttachMode::Native, AttachedMode::Native)
+                | (AttachMode::Generic, AttachedMode::Generic)
+        ) {
+            bail!(
+                "{iface} is already filtered in {} mode (pinned at {}); changing to {mode:?} needs `mxguard detach --iface {iface}` first",
+                existing.mode,
+                existing.path.display()
+            );
+        }
+        let pinned = PinnedLink::from_pin(&existing.path)
+            .with_context(|| format!("opening the pinned XDP link {}", existing.path.display()))?;
+        let link =
+            XdpLink::try_from(FdLink::from(pinned)).context("pinned link is not an XDP link")?;
+        let program = self.program_mut()?;
+        let link_id = program
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the program on {iface} (BPF_LINK_UPDATE)"))?;
+        let link: FdLink = program
+            .take_link(link_id)?
+            .try_into()
+            .context("XDP link is not a bpf_link")?;
+
+        let outcome = if existing.version == LAYOUT_VERSION {
+            AttachOutcome::Adopted
+        } else {
+            // Pin under the current layout first, then drop the old pin: the link is never unpinned.
+            let path = pins.link_path(iface, existing.mode);
+            let link = link
+                .pin(&path)
+                .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            std::fs::remove_file(&existing.path)
+                .with_context(|| format!("removing {}", existing.path.display()))?;
+            pins.remove_version_if_unused(existing.version)?;
+            self.attachments.push(Attachment {
+                iface: iface.to_owned(),
+                mode: existing.mode,
+                handle: LinkHandle::Pinned {
+                    link: link.into(),
+                    path,
+                },
+            });
+            return Ok((
+                existing.mode,
+                AttachOutcome::Upgraded {
+                    from_version: existing.version,
+                },
+            ));
+        };
+        self.attachments.push(Attachment {
+            iface: iface.to_owned(),
+            mode: existing.mode,
+            handle: LinkHandle::Pinned {
+                link,
+                path: existing.path,
+            },
+        });
+        Ok((existing.mode, outcome))
+    }
+
+    /// Attaches to every interface, or to none: on a failure the ones attached by this call are
+    /// detached again before the error is returned (adopted ones are left as they were).
     pub fn attach_all(
         &mut self,
         ifaces: &[String],
@@ -354,22 +540,76 @@ impl Filter {
         Ok(modes)
     }
 
-    /// Detaches from every interface this filter attached to.
-    pub fn detach_all(&mut self) {
-        let attachments = std::mem::take(&mut self.attachments);
-        if let Ok(program) = self.program_mut() {
-            for (iface, link, _) in attachments {
-                if let Err(error) = program.detach(link) {
-                    tracing::warn!(iface, %error, "detaching XDP failed");
+    /// Pinned counterpart of [`Filter::attach_all`]: all or nothing for fresh attachments.
+    pub fn attach_all_pinned(
+        &mut self,
+        ifaces: &[String],
+        mode: AttachMode,
+    ) -> anyhow::Result<Vec<(AttachedMode, AttachOutcome)>> {
+        let mut results = Vec::new();
+        for iface in ifaces {
+            match self.attach_pinned(iface, mode) {
+                Ok(result) => results.push(result),
+                Err(error) => {
+                    // Undo what this call attached fresh; adopted links keep filtering.
+                    let fresh: Vec<String> = ifaces
+                        .iter()
+                        .zip(&results)
+                        .filter(|(_, (_, outcome))| *outcome == AttachOutcome::Attached)
+                        .map(|(iface, _)| iface.clone())
+                        .collect();
+                    self.detach(|name| fresh.iter().any(|f| f == name));
+                    return Err(error.context(format!("attaching XDP ({mode:?}) to {iface}")));
                 }
             }
+        }
+        Ok(results)
+    }
+
+    /// Detaches from every interface this filter holds, pinned or not.
+    pub fn detach_all(&mut self) {
+        self.detach(|_| true);
+    }
+
+    fn detach(&mut self, which: impl Fn(&str) -> bool) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| which(&a.iface));
+        self.attachments = kept;
+        for attachment in gone {
+            let result = match attachment.handle {
+                LinkHandle::Owned(link) => self.program_mut().and_then(|p| Ok(p.detach(link)?)),
+                // Dropping our fd after the pin goes releases the last reference: detached.
+                LinkHandle::Pinned { link, path } => {
+                    let result = std::fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()));
+                    drop(link);
+                    result
+                }
+            };
+            match result {
+                Ok(()) => tracing::info!(iface = attachment.iface, "detached XDP filter"),
+                Err(error) => {
+                    tracing::warn!(iface = attachment.iface, "detaching XDP failed: {error:#}")
+                }
+            }
+        }
+        if let Some(pins) = &self.pins
+            && self.attachments.is_empty()
+            && let Err(error) = pins.remove_version_if_unused(LAYOUT_VERSION)
+        {
+            tracing::warn!("removing unused pins failed: {error:#}");
         }
     }
 
     pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
-        self.attachments
-            .iter()
-            .map(|(iface, _, mode)| (iface.as_str(), *mode))
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.mode))
+    }
+
+    fn raw_map(&self, name: &str) -> anyhow::Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("BPF object has no map {name}"))
     }
 
     fn map<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
@@ -382,22 +622,20 @@ impl Filter {
             .ok_or_else(|| anyhow!("BPF object has no map {name}"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
     }
-
-    fn map_ref<'a, T>(&'a self, name: &str) -> anyhow::Result<T>
-    where
-        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("BPF object has no map {name}"))?;
-        T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
-    }
 }
 
 impl Drop for Filter {
     fn drop(&mut self) {
-        self.detach_all();
+        // Owned links go with the program anyway; pinned ones are meant to stay.
+        let owned: Vec<String> = self
+            .attachments
+            .iter()
+            .filter(|a| matches!(a.handle, LinkHandle::Owned(_)))
+            .map(|a| a.iface.clone())
+            .collect();
+        if !owned.is_empty() {
+            self.detach(|iface| owned.iter().any(|o| o == iface));
+        }
     }
 }
 
@@ -419,6 +657,66 @@ fn block_key(cidr: &Cidr) -> (Fam, u128, u8) {
             (Fam::V6, addr.to_bits() & mask, prefix_len)
         }
     }
+}
+
+/// The protected ports in a `PORTS` map.
+pub fn read_ports(map: &Map) -> anyhow::Result<BTreeSet<u16>> {
+    let map: Array<&MapData, PortFlag> =
+        map.try_into().context("PORTS has an unexpected layout")?;
+    let mut ports = BTreeSet::new();
+    for (index, flag) in map.iter().enumerate() {
+        if flag.context("reading the port map")? == PORT_PROTECTED {
+            ports.insert(u16::try_from(index).context("port index out of range")?);
+        }
+    }
+    Ok(ports)
+}
+
+/// The action in a `CONFIG` map.
+pub fn read_action(map: &Map) -> anyhow::Result<Action> {
+    let map: Array<&MapData, Config> = map.try_into().context("CONFIG has an unexpected layout")?;
+    Ok(Action::from_raw(
+        map.get(&0, 0).context("reading the action")?.action,
+    ))
+}
+
+/// The prefixes in the two allowlist tries.
+pub fn read_allowlist(v4: &Map, v6: &Map) -> anyhow::Result<BTreeSet<Cidr>> {
+    let mut set = BTreeSet::new();
+    let v4: LpmTrie<&MapData, [u8; 4], AllowEntry> =
+        v4.try_into().context("ALLOW_V4 has an unexpected layout")?;
+    for key in v4.keys() {
+        let key = key.context("reading the IPv4 allowlist")?;
+        set.insert(Cidr::new(
+            key.data().into(),
+            u8::try_from(key.prefix_len())?,
+        )?);
+    }
+    let v6: LpmTrie<&MapData, [u8; 16], AllowEntry> =
+        v6.try_into().context("ALLOW_V6 has an unexpected layout")?;
+    for key in v6.keys() {
+        let key = key.context("reading the IPv6 allowlist")?;
+        let addr = std::net::Ipv6Addr::from(key.data());
+        let prefix_len = u8::try_from(key.prefix_len())?;
+        // Not Cidr::new: an IPv4-mapped entry in the v6 trie must be listed as it is.
+        set.insert(Cidr::V6 { addr, prefix_len });
+    }
+    Ok(set)
+}
+
+/// Counters of a `COUNTERS` map, summed over all CPUs.
+pub fn read_counters(map: &Map) -> anyhow::Result<Counters> {
+    let map: PerCpuArray<&MapData, FamilyCounters> = map
+        .try_into()
+        .context("COUNTERS has an unexpected layout")?;
+    let mut counters = Counters::default();
+    for family in Family::ALL {
+        let per_cpu = map.get(&(family as u32), 0).context("reading counters")?;
+        for row in per_cpu.iter() {
+            counters.0[family as usize].add(row);
+        }
+    }
+    Ok(counters)
 }
 
 /// What [`Filter::sync_allowlist`] changed.

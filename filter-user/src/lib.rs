@@ -2,9 +2,16 @@
 
 pub mod cidr;
 pub mod cli;
+pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod fast_path;
 pub mod filter;
+pub mod metrics;
+pub mod pins;
+pub mod reference;
+pub mod samples;
+pub mod status;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.
 pub static BPF_OBJECT: &[u8] =

@@ -3,11 +3,18 @@ use std::process::ExitCode;
 
 use std::io::IsTerminal as _;
 
-use clap::Parser as _;
-use filter_user::cli::{Cli, Command};
+use clap::{CommandFactory as _, FromArgMatches as _};
+use filter_user::{
+    cli::{Cli, Command},
+    config,
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -16,7 +23,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mxguard: error: {error:#}");
@@ -25,14 +32,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    // The flags as given, kept so that a reload applies them over the re-read file again.
+    let sub_matches = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .expect("a subcommand is required");
     match cli.command {
-        Command::Run(args) => {
-            let plan = args.plan()?;
+        Command::Run(_) => {
+            let plan = config::plan(&sub_matches)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(filter_user::daemon::run(plan))
+            runtime.block_on(filter_user::daemon::run(plan, move || {
+                config::plan(&sub_matches)
+            }))
+        }
+        Command::CheckConfig(_) => {
+            let plan = config::plan(&sub_matches)?;
+            print!("{}", config::render(&plan)?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Detach(args) => {
+            let detached = filter_user::status::detach(&args.pins.pin_dir, args.iface.as_deref())?;
+            for iface in detached {
+                println!("detached {iface}");
+            }
+            Ok(())
+        }
+        Command::Status(args) => {
+            let status = filter_user::status::read_status(&args.pins.pin_dir, args.interval)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", filter_user::status::render(&status));
+            }
+            Ok(())
         }
     }
 }

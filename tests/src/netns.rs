@@ -59,10 +59,20 @@ impl Netns {
         ip(&full);
     }
 
-    /// A command that runs `program` inside this namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
+    /// A command that runs `program` inside this namespace. Unlike `ip netns exec` it keeps
+    /// the host's mount namespace, so the program sees the host's bpffs (pins outlive it).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        let mut command = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` is moved into the closure and stays open
+        // until the child execs.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
         command
     }
 
@@ -77,6 +87,16 @@ impl Netns {
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Runs `f` on a background thread inside this namespace.
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
     }
 
     /// Tries a TCP connect from this namespace to `addr`.
@@ -99,6 +119,33 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Panics unless a TCP connect from `from` to `to` succeeds within 5 s; `context` (say, a
+/// daemon's log tail) goes into the message.
+pub fn assert_connects(from: &Netns, to: SocketAddr, context: &str) {
+    if let Err(error) = from.connect(to, Duration::from_secs(5)) {
+        panic!(
+            "connect from {} to {to} should succeed: {error}\n{context}",
+            from.name()
+        );
+    }
+}
+
+/// Panics unless a TCP connect from `from` to `to` times out (its SYN dropped) within 1.5 s.
+pub fn assert_times_out(from: &Netns, to: SocketAddr, context: &str) {
+    match from.connect(to, Duration::from_millis(1500)) {
+        Ok(_) => panic!(
+            "connect from {} to {to} should have been dropped\n{context}",
+            from.name()
+        ),
+        Err(error) => assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::TimedOut,
+            "from {} to {to}: {error}",
+            from.name()
+        ),
     }
 }
 

@@ -29,6 +29,15 @@ pub fn mxguard_bin() -> PathBuf {
     path
 }
 
+/// Runs `mxguard ARGS` to completion inside `netns` (status, detach, check-config).
+pub fn mxguard_output(netns: &crate::netns::Netns, args: &[&str]) -> std::process::Output {
+    netns
+        .command(mxguard_bin())
+        .args(args)
+        .output()
+        .expect("running mxguard")
+}
+
 /// A running child whose stderr lines are collected; SIGTERM then SIGKILL on drop.
 pub struct Daemon {
     child: Child,
@@ -60,6 +69,10 @@ impl Daemon {
             });
         }
         Daemon { child, lines }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the child printed so far.

@@ -8,30 +8,35 @@ use std::{
 };
 
 use tests::{
-    netns::{MailLab, Netns},
+    netns::{MailLab, Netns, assert_connects, assert_times_out},
+    pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
-
-const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
-const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn mxguard_in(netns: &Netns, args: &[&str]) -> Daemon {
-    let mut command = netns.command(mxguard_bin().to_str().expect("UTF-8 path"));
-    command.arg("run").args(args).env("RUST_LOG", "info");
+/// `mxguard run ARGS` in `netns`, pinned under `pins`.
+fn mxguard_in(netns: &Netns, pins: &TestPins, args: &[&str]) -> Daemon {
+    let mut command = netns.command(mxguard_bin());
+    command
+        .arg("run")
+        .args(args)
+        .args(["--pin-dir", pins.arg()])
+        .env("RUST_LOG", "info");
     Daemon::spawn(command)
 }
 
 /// Starts mxguard on the server's eth0 with the relay allowlisted.
-fn start_filter(lab: &MailLab, mode: &str) -> Daemon {
+fn start_filter(lab: &MailLab, pins: &TestPins, mode: &str) -> Daemon {
     let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
     let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
     let mut daemon = mxguard_in(
         &lab.server,
+        pins,
         &[
+            "--detach-on-exit",
             "--iface",
             "eth0",
             "--mode",
@@ -51,23 +56,11 @@ fn start_filter(lab: &MailLab, mode: &str) -> Daemon {
 }
 
 fn connects(from: &Netns, to: SocketAddr) {
-    from.connect(to, ALLOWED_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect from {} to {to} should succeed: {e}", from.name()));
+    assert_connects(from, to, "");
 }
 
 fn times_out(from: &Netns, to: SocketAddr) {
-    match from.connect(to, DENIED_TIMEOUT) {
-        Ok(_) => panic!(
-            "connect from {} to {to} should have been dropped",
-            from.name()
-        ),
-        Err(error) => assert_eq!(
-            error.kind(),
-            ErrorKind::TimedOut,
-            "from {} to {to}: {error}",
-            from.name()
-        ),
-    }
+    assert_times_out(from, to, "");
 }
 
 /// Reads `field` of `family` from the newest counter summary line in the log.
@@ -109,7 +102,8 @@ fn filters_smtp_syns(mode: &str, expect_log: &str) {
     connects(&lab.direct, addr(server_v4, 25));
     connects(&lab.direct, addr(server_v6, 25));
 
-    let mut daemon = start_filter(&lab, mode);
+    let pins = TestPins::new();
+    let mut daemon = start_filter(&lab, &pins, mode);
     daemon.wait_for("the mode", Duration::from_secs(5), |l| {
         l.contains(expect_log)
     });
@@ -157,8 +151,15 @@ fn filters_smtp_syns(mode: &str, expect_log: &str) {
         "mxguard exit status {status}:\n{}",
         daemon.log_tail()
     );
-    assert!(daemon.log().contains("detached"), "{}", daemon.log_tail());
-    assert!(!xdp_attached(&lab.server, "eth0"), "SIGTERM must detach");
+    assert!(
+        daemon.log().contains("detached; bye"),
+        "{}",
+        daemon.log_tail()
+    );
+    assert!(
+        !xdp_attached(&lab.server, "eth0"),
+        "SIGTERM with --detach-on-exit must detach"
+    );
     connects(&lab.direct, addr(server_v4, 25));
 }
 
@@ -175,7 +176,8 @@ fn generic_mode_drops_direct_smtp_syns_and_passes_the_rest() {
 #[test]
 fn auto_mode_gets_native_on_veth() {
     let lab = MailLab::new();
-    let mut daemon = start_filter(&lab, "auto");
+    let pins = TestPins::new();
+    let mut daemon = start_filter(&lab, &pins, "auto");
     daemon.wait_for("the mode", Duration::from_secs(5), |l| {
         l.contains("mode=native")
     });
@@ -187,8 +189,10 @@ fn protects_a_non_standard_port() {
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);
     let _alt = lab.server.listen(2525);
+    let pins = TestPins::new();
     let mut daemon = mxguard_in(
         &lab.server,
+        &pins,
         &["--iface", "eth0", "--port", "2525", "--allow", "192.0.2.10"],
     );
     daemon.wait_for("attach", Duration::from_secs(30), |l| {
@@ -203,7 +207,8 @@ fn protects_a_non_standard_port() {
 /// Runs mxguard with bad input; it must fail with `message` and leave nothing attached.
 fn rejected(args: &[&str], message: &str) {
     let lab = MailLab::new();
-    let mut daemon = mxguard_in(&lab.server, args);
+    let pins = TestPins::new();
+    let mut daemon = mxguard_in(&lab.server, &pins, args);
     let status = daemon.wait_exit(Duration::from_secs(30));
     assert!(
         !status.success(),
@@ -252,4 +257,178 @@ fn a_failed_attach_detaches_what_was_attached() {
         &["--iface", "eth0", "--iface", "lo", "--mode", "native"],
         "attaching XDP (Native) to lo",
     );
+}
+
+#[test]
+fn reject_action_refuses_the_connection_at_once() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    // Generic mode: on veth, native XDP_TX needs an XDP program on the peer as well.
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--mode",
+            "generic",
+            "--action",
+            "reject",
+            "--allow",
+            "192.0.2.10",
+            "--stats-interval",
+            "200ms",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    for to in [addr(MailLab::SERVER.v4, 25), addr(MailLab::SERVER.v6, 25)] {
+        let started = std::time::Instant::now();
+        let error = lab
+            .direct
+            .connect(to, Duration::from_secs(5))
+            .expect_err("denied");
+        assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{to}: {error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once, not after a timeout"
+        );
+    }
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    daemon.wait_for("reject counters", Duration::from_secs(5), |l| {
+        l.contains("counters ")
+            && counter(l, "ipv4", "syn_rejected") >= 1
+            && counter(l, "ipv6", "syn_rejected") >= 1
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn monitor_action_passes_everything_and_counts_would_be_drops() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--action",
+            "monitor",
+            "--allow",
+            "192.0.2.10",
+            "--stats-interval",
+            "200ms",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    connects(&lab.direct, addr(MailLab::SERVER.v4, 25));
+    connects(&lab.direct, addr(MailLab::SERVER.v6, 25));
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    daemon.wait_for("would-drop counters", Duration::from_secs(5), |l| {
+        l.contains("counters ")
+            && counter(l, "ipv4", "syn_would_drop") >= 1
+            && counter(l, "ipv6", "syn_would_drop") >= 1
+            && counter(l, "ipv4", "syn_allowed") >= 1
+    });
+    let log = daemon.log();
+    assert_eq!(counter(&log, "ipv4", "syn_dropped"), 0);
+    assert!(daemon.stop().success());
+}
+
+/// GET /metrics from inside `netns`.
+fn scrape(netns: &Netns, addr: SocketAddr) -> String {
+    netns.run(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("metrics port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn metrics_endpoint_is_scraped_and_parsed() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    let mut daemon = mxguard_in(
+        &lab.server,
+        &pins,
+        &[
+            "--iface",
+            "eth0",
+            "--allow",
+            "192.0.2.10",
+            "--allow",
+            "2001:db8::/126",
+            "--metrics-addr",
+            "127.0.0.1:9725",
+        ],
+    );
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25));
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let body = scrape(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725));
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{body}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: unexpected value {other:?}"),
+        }
+    };
+    assert!(
+        value(
+            "mxguard_protected_syns_total",
+            &[("family", "ipv4"), ("verdict", "dropped")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "mxguard_protected_syns_total",
+            &[("family", "ipv4"), ("verdict", "allowed")]
+        ) >= 1.0
+    );
+    assert!(value("mxguard_frames_total", &[("family", "ipv4")]) >= 2.0);
+    assert_eq!(
+        value("mxguard_allowlist_entries", &[("family", "ipv4")]),
+        1.0
+    );
+    assert_eq!(
+        value("mxguard_allowlist_entries", &[("family", "ipv6")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "mxguard_attached",
+            &[("interface", "eth0"), ("mode", "native")]
+        ),
+        1.0
+    );
+    assert!(daemon.stop().success());
 }

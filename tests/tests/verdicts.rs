@@ -750,3 +750,172 @@ fn allowlist_updates_take_effect_immediately() {
     assert_eq!(change.removed.len(), 2);
     assert_eq!(harness.run(&frame).action, XDP_DROP);
 }
+
+const XDP_TX: u32 = 3;
+
+/// Checks that `output` is a RST+ACK answering the SYN `input`, with correct checksums.
+fn assert_valid_rst(name: &str, input: &[u8], output: &[u8]) {
+    use etherparse::{LinkHeader, NetHeaders, PacketHeaders, TransportHeader};
+    let syn = PacketHeaders::from_ethernet_slice(input).expect("input parses");
+    let rst = PacketHeaders::from_ethernet_slice(output)
+        .unwrap_or_else(|e| panic!("{name}: RST does not parse: {e}"));
+    let (Some(LinkHeader::Ethernet2(syn_eth)), Some(LinkHeader::Ethernet2(rst_eth))) =
+        (&syn.link, &rst.link)
+    else {
+        panic!("{name}: no Ethernet header");
+    };
+    assert_eq!(
+        (rst_eth.source, rst_eth.destination),
+        (syn_eth.destination, syn_eth.source),
+        "{name}: MACs swapped"
+    );
+    assert_eq!(
+        rst.link_exts.len(),
+        syn.link_exts.len(),
+        "{name}: VLAN tags kept"
+    );
+    let (Some(TransportHeader::Tcp(syn_tcp)), Some(TransportHeader::Tcp(rst_tcp))) =
+        (&syn.transport, &rst.transport)
+    else {
+        panic!("{name}: no TCP header");
+    };
+    assert!(
+        rst_tcp.rst && rst_tcp.ack && !rst_tcp.syn,
+        "{name}: RST+ACK flags"
+    );
+    assert_eq!(
+        (rst_tcp.source_port, rst_tcp.destination_port),
+        (syn_tcp.destination_port, syn_tcp.source_port)
+    );
+    assert_eq!(rst_tcp.sequence_number, 0, "{name}: seq");
+    let expected_ack = syn_tcp
+        .sequence_number
+        .wrapping_add(1 + u32::from(syn_tcp.fin) + syn.payload.slice().len() as u32);
+    assert_eq!(
+        rst_tcp.acknowledgment_number, expected_ack,
+        "{name}: ack covers SYN, FIN and data"
+    );
+    assert!(
+        rst.payload.slice().is_empty(),
+        "{name}: RST carries no data"
+    );
+    match (&syn.net, &rst.net) {
+        (Some(NetHeaders::Ipv4(syn_ip, _)), Some(NetHeaders::Ipv4(rst_ip, _))) => {
+            assert_eq!(
+                (rst_ip.source, rst_ip.destination),
+                (syn_ip.destination, syn_ip.source),
+                "{name}"
+            );
+            assert_eq!(
+                rst_ip.header_checksum,
+                rst_ip.calc_header_checksum(),
+                "{name}: IPv4 checksum"
+            );
+            assert_eq!(
+                rst_tcp.checksum,
+                rst_tcp.calc_checksum_ipv4(rst_ip, &[]).unwrap(),
+                "{name}: TCP checksum"
+            );
+            assert_eq!(
+                output.len(),
+                input.len()
+                    - syn_ip.header_len()
+                    - syn_tcp.header_len()
+                    - syn.payload.slice().len()
+                    + 40
+            );
+        }
+        (Some(NetHeaders::Ipv6(syn_ip, _)), Some(NetHeaders::Ipv6(rst_ip, rst_ext))) => {
+            assert_eq!(
+                (rst_ip.source, rst_ip.destination),
+                (syn_ip.destination, syn_ip.source),
+                "{name}"
+            );
+            assert!(
+                rst_ext.is_empty(),
+                "{name}: no extension headers in the RST"
+            );
+            assert_eq!(rst_ip.payload_length, 20);
+            assert_eq!(
+                rst_tcp.checksum,
+                rst_tcp.calc_checksum_ipv6(rst_ip, &[]).unwrap(),
+                "{name}: TCP checksum"
+            );
+        }
+        _ => panic!("{name}: address family changed"),
+    }
+}
+
+#[test]
+fn reject_action_answers_with_a_valid_rst() {
+    let mut harness = Harness::new(&[25], ALLOW);
+    harness.set_action(Action::Reject);
+    let cases = [
+        ("v4 SYN", syn(SPAM_V4).bytes()),
+        ("v6 SYN", syn(SPAM_V6).bytes()),
+        (
+            "v4 SYN+FIN with data",
+            Frame::tcp(SPAM_V4, 25, SYN | FIN).payload(b"HELO").bytes(),
+        ),
+        (
+            "v4 SYN, options, QinQ",
+            syn(SPAM_V4)
+                .ipv4_options(&[1; 8])
+                .tcp_options(&[1; 20])
+                .vlan(TPID_8021AD)
+                .vlan(TPID_8021Q)
+                .bytes(),
+        ),
+        (
+            "v6 SYN behind extension headers",
+            syn(SPAM_V6)
+                .ext(Ext::HopByHop { units: 1 })
+                .ext(Ext::DestOpts { units: 0 })
+                .bytes(),
+        ),
+    ];
+    for (name, frame) in &cases {
+        let before = harness.counters(Family::Ipv4).syn_rejected
+            + harness.counters(Family::Ipv6).syn_rejected;
+        let run = harness.run(frame);
+        assert_eq!(run.action, XDP_TX, "{name}");
+        assert_valid_rst(name, frame, &run.output);
+        let after = harness.counters(Family::Ipv4).syn_rejected
+            + harness.counters(Family::Ipv6).syn_rejected;
+        assert_eq!(after, before + 1, "{name}: syn_rejected counted");
+    }
+    // Allowed, unprotected and evasive frames are not answered.
+    assert_eq!(harness.run(&syn(RELAY_V4).bytes()).action, XDP_PASS);
+    assert_eq!(
+        harness.run(&Frame::syn(SPAM_V4, 587).bytes()).action,
+        XDP_PASS
+    );
+    assert_eq!(
+        harness
+            .run(&syn(SPAM_V4).ipv4_fragment(1, true).bytes())
+            .action,
+        XDP_DROP
+    );
+    assert_eq!(
+        harness
+            .run(&syn(SPAM_V4).ipv4_fragment(0, true).transport_len(8).bytes())
+            .action,
+        XDP_DROP
+    );
+}
+
+#[test]
+fn reject_is_rate_limited_per_cpu() {
+    // One CPU, so every run meets the same per-CPU window.
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pinning to CPU 0");
+    let mut harness = Harness::new(&[25], ALLOW);
+    harness.set_action(Action::Reject);
+    harness.filter.set_reject_rate(3).unwrap();
+    let frame = syn(SPAM_V4).bytes();
+    let actions: Vec<u32> = (0..5).map(|_| harness.run(&frame).action).collect();
+    assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    let row = harness.counters(Family::Ipv4);
+    assert_eq!((row.syn_rejected, row.syn_dropped), (3, 2));
+}

@@ -11,7 +11,7 @@ pub fn bench(root: &Path, quick: bool, pcaps: &[PathBuf]) -> anyhow::Result<()> 
     // itself is optimised through its profile override).
     let mut build = crate::cargo(root);
     build.args(["build", "--package", "bench", "--bin", "mxguard-bench"]);
-    crate::status(build)?;
+    crate::setup::run(&mut build)?;
     let mut run = Command::new(root.join("target/debug/mxguard-bench"));
     run.current_dir(root);
     if quick {
@@ -24,5 +24,5 @@ pub fn bench(root: &Path, quick: bool, pcaps: &[PathBuf]) -> anyhow::Result<()> 
             .join(pcap);
         run.arg("--pcap").arg(pcap);
     }
-    crate::status(run)
+    crate::setup::run(&mut run)
 }

@@ -4,6 +4,7 @@
 //! when everything is already there.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -50,6 +51,12 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) on the userspace crates and the BPF crate.
     Lint,
+    /// Fuzz the XDP program against the reference classifier (libFuzzer via cargo-fuzz).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmark mxguard against an empty XDP program, xdp-filter, iptables, nftables and an
     /// XDP drop-all (needs root); writes target/bench/ and, for a full run, docs/benchmarks.md.
     Bench {
@@ -83,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             setup::setup(&root)?;
             lint(&root)
         }
+        Task::Fuzz { seconds } => {
+            setup::setup(&root)?;
+            fuzz::fuzz(&root, seconds)
+        }
         Task::Bench { quick, pcap } => {
             setup::setup(&root)?;
             bench::bench(&root, quick, &pcap)
@@ -106,28 +117,22 @@ fn cargo(root: &Path) -> Command {
     command
 }
 
-fn status(mut command: Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     let mut command = cargo(root);
     command.args(["build", "--package", "filter-user", "--bin", "mxguard"]);
     if release {
         command.arg("--release");
     }
-    status(command)
+    setup::run(&mut command)
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc_geteuid() } != 0 {
+    if !is_root() {
         bail!("{what} needs root (XDP, BPF maps and network namespaces): run it with sudo");
     }
     Ok(())
@@ -146,7 +151,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .arg("test")
         .args(args)
         .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
-    status(command)
+    setup::run(&mut command)
 }
 
 fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> {
@@ -157,7 +162,7 @@ fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> 
         command
             .args(["build", "--package", "tests", "--bin", "mxguard-lab"])
             .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
-        status(command)?;
+        setup::run(&mut command)?;
         let mut lab = Command::new(root.join("target/debug/mxguard-lab"));
         lab.env("MXGUARD_BIN", root.join("target/debug/mxguard"));
         if let Some(rounds) = rounds {
@@ -176,10 +181,10 @@ fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> 
 fn lint(root: &Path) -> anyhow::Result<()> {
     let mut fmt = cargo(root);
     fmt.args(["fmt", "--all", "--check"]);
-    status(fmt)?;
+    setup::run(&mut fmt)?;
     let mut clippy = cargo(root);
     clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
-    status(clippy)?;
+    setup::run(&mut clippy)?;
     // The BPF crate only builds for the BPF target with nightly.
     let mut clippy_bpf = Command::new("rustup");
     clippy_bpf
@@ -196,5 +201,5 @@ fn lint(root: &Path) -> anyhow::Result<()> {
             "build-std=core",
         ])
         .args(["--release", "--", "-D", "warnings"]);
-    status(clippy_bpf)
+    setup::run(&mut clippy_bpf)
 }

@@ -58,8 +58,9 @@ fn output(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    eprintln!("setup: running {command:?}");
+/// Runs `command`, printing it first; fails on a non-zero exit.
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("running {command:?}");
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;

@@ -16,9 +16,14 @@ use std::{
 };
 
 use tests::{
+    dns_server::{TestDns, bind_pair},
     netns::{MailLab, Netns},
+    pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
+
+/// The relay's DNS name, served by a DNS server inside the lab.
+const RELAY_NAME: &str = "relay.mail-scanning.test";
 
 struct Check<'a> {
     label: &'static str,
@@ -61,35 +66,61 @@ fn main() -> std::process::ExitCode {
     let _submission = lab.server.listen(587);
     let _far_mx = lab.direct.listen(25);
 
-    let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
-    let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
-    let mut command = lab
-        .server
-        .command(mxguard_bin().to_str().expect("UTF-8 path"));
+    // The filtering service publishes its relay by name: a DNS server on the relay host
+    // answers for relay.mail-scanning.test with the relay's IPv4 and IPv6 addresses.
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime for the lab's DNS server");
+    let (udp, tcp) = lab.relay.run(|| bind_pair(IpAddr::V4(MailLab::RELAY.v4)));
+    let dns = runtime.block_on(async { TestDns::serve(udp, tcp) });
+    let relay_v4 = MailLab::RELAY.v4.to_string();
+    let relay_v6 = MailLab::RELAY.v6.to_string();
+    dns.set(RELAY_NAME, &[&relay_v4, &relay_v6], 30);
+    println!(
+        "  dns         {} on the relay: {RELAY_NAME} -> {relay_v4}, {relay_v6}",
+        dns.addr()
+    );
+
+    // Private pins and state, removed at the end: the lab never touches a real installation.
+    let pins = TestPins::new();
+    let state_dir = std::env::temp_dir().join(format!("mxguard-lab-{}", std::process::id()));
+    let dns_server = dns.addr().to_string();
+    let args = [
+        "run",
+        "--iface",
+        "eth0",
+        "--allow-host",
+        RELAY_NAME,
+        "--dns-server",
+        &dns_server,
+        "--state-dir",
+        state_dir.to_str().expect("UTF-8 temp dir"),
+        "--pin-dir",
+        pins.arg(),
+        "--detach-on-exit",
+        "--stats-interval",
+        "1s",
+    ];
+    let mut command = lab.server.command(mxguard_bin());
     command
-        .args([
-            "run",
-            "--iface",
-            "eth0",
-            "--allow",
-            &relay_v4,
-            "--allow",
-            &relay_v6,
-            "--stats-interval",
-            "1s",
-        ])
+        .args(args)
         .env("RUST_LOG", "info")
         // Its own process group: Ctrl-C reaches the lab, which then stops mxguard in order.
         .process_group(0);
     println!(
-        "\nstarting: ip netns exec {} mxguard run --iface eth0 --allow {relay_v4} --allow {relay_v6}",
-        lab.server.name()
+        "\nstarting in {}: mxguard {}",
+        lab.server.name(),
+        args.join(" ")
     );
     let mut mxguard = Daemon::spawn(command);
     let attached = mxguard.wait_for("mxguard to attach", Duration::from_secs(30), |l| {
         l.contains("attached XDP filter")
     });
     println!("  mxguard: {}", attached.trim());
+    let filled = mxguard.wait_for(
+        "the relay's addresses from DNS",
+        Duration::from_secs(30),
+        |l| l.contains("allowlist map updated") && l.contains(&relay_v4),
+    );
+    println!("  mxguard: {}", filled.trim());
 
     let v4 = |ip: std::net::Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
     let v6 = |ip: std::net::Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
@@ -203,7 +234,11 @@ fn main() -> std::process::ExitCode {
     if let Some(line) = mxguard.log().lines().rev().find(|l| l.contains("detached")) {
         println!("  mxguard: {}", line.trim());
     }
+    drop(dns);
+    drop(runtime);
     drop(lab);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(&state_dir);
     if failures > 0 || !status.success() {
         println!("{failures} check(s) gave the wrong result; mxguard exited with {status}");
         return std::process::ExitCode::FAILURE;

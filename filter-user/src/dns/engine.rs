@@ -1,0 +1,848 @@
+//! The DNS task: restores the state file, looks names up when they are due, keeps the union of
+//! all sources, persists what DNS confirmed, and publishes the wanted allowlist; and the
+//! [`Enforcer`], which writes that allowlist into the filter and picks the action.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use filter_common::Action;
+use tokio::{sync::watch, task::JoinSet, time::Instant};
+
+use super::{
+    DnsSettings, FailureKind, HickoryResolve, HostName, NameAnswer, RefreshPolicy, Resolve,
+    refresh::{FamilyState, NameState, Refreshed},
+    sources::{Source, Sources},
+    state_file::{Saved, SavedFamily, SavedName, StateFile},
+};
+use crate::{
+    cidr::Cidr,
+    filter::{AllowlistChange, Filter},
+};
+
+/// A lookup that has not finished after this long counts as a timeout, whatever the resolver
+/// does, so one stuck query never stalls the other names.
+pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Counters of the DNS side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Lookup rounds (A and AAAA for one name).
+    pub lookups: u64,
+    /// Rounds in which a family (or both) failed and kept its addresses.
+    pub failures: u64,
+    /// Failures by kind ("timeout", "SERVFAIL", ...).
+    pub failures_by_kind: BTreeMap<String, u64>,
+    /// Addresses removed because their name had no successful answer for the stale grace.
+    pub expired: u64,
+    pub state_writes: u64,
+    pub state_write_failures: u64,
+}
+
+/// What the engine publishes: the allowlist the map must hold, and the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowlistUpdate {
+    pub wanted: BTreeSet<Cidr>,
+    pub stats: DnsStats,
+}
+
+/// Keeps the names' addresses and the union of all sources.
+pub struct DnsEngine<R: Resolve> {
+    resolver: R,
+    policy: RefreshPolicy,
+    names: BTreeMap<HostName, NameState>,
+    sources: Sources,
+    state_file: Option<StateFile>,
+    /// DNS confirmed or expired something since the state file was last written.
+    unsaved: bool,
+    stats: DnsStats,
+    random: Box<dyn FnMut() -> f64 + Send>,
+}
+
+impl DnsEngine<HickoryResolve> {
+    /// The production engine: hickory with the configured servers, the state file in the
+    /// configured directory.
+    pub fn from_settings(settings: &DnsSettings, statics: &BTreeSet<Cidr>) -> anyhow::Result<Self> {
+        let resolver = HickoryResolve::new(&settings.servers, settings.timeout)?;
+        Ok(DnsEngine::new(
+            resolver,
+            settings.policy,
+            &settings.hosts,
+            statics,
+            Some(StateFile::in_dir(&settings.state_dir)),
+        ))
+    }
+}
+
+impl<R: Resolve> DnsEngine<R> {
+    /// Every name is due at once; nothing is loaded yet (see [`DnsEngine::restore`]).
+    pub fn new(
+        resolver: R,
+        policy: RefreshPolicy,
+        hosts: &BTreeSet<HostName>,
+        statics: &BTreeSet<Cidr>,
+        state_file: Option<StateFile>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut sources = Sources::default();
+        sources.set(&Source::Static, statics);
+        DnsEngine {
+            resolver,
+            policy,
+            names: hosts
+                .iter()
+                .map(|name| (name.clone(), NameState::new(name.clone(), now)))
+                .collect(),
+            sources,
+            state_file,
+            unsaved: false,
+            stats: DnsStats::default(),
+            random: Box::new(fastrand::f64),
+        }
+    }
+
+    /// Replaces the jitter source (tests use a constant).
+    pub fn with_random(mut self, random: impl FnMut() -> f64 + Send + 'static) -> Self {
+        self.random = Box::new(random);
+        self
+    }
+
+    /// Loads the last known good addresses from the state file, so a restart while DNS is
+    /// down still protects. A missing file is normal; an unreadable or corrupt one is
+    /// reported and ignored. Returns how many addresses were restored.
+    pub fn restore(&mut self) -> usize {
+        let Some(file) = &self.state_file else {
+            return 0;
+        };
+        let saved = match file.load() {
+            Ok(Some(saved)) => saved,
+            Ok(None) => {
+                tracing::info!(path = %file.path().display(), "no DNS state file yet");
+                return 0;
+            }
+            Err(error) => {
+                tracing::warn!("ignoring the DNS state file: {error:#}");
+                return 0;
+            }
+        };
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let mut restored = 0;
+        for (name, saved_name) in saved.names {
+            let Some(state) = self.names.get_mut(&name) else {
+                tracing::info!(%name, "state file has a name that is no longer configured; ignored");
+                continue;
+            };
+            for (family, label, saved_family) in [
+                (&mut state.v4, "A", saved_name.ipv4),
+                (&mut state.v6, "AAAA", saved_name.ipv6),
+            ] {
+                let Some(confirmed) = saved_family.confirmed_unix else {
+                    continue;
+                };
+                let Some(confirmed) = UNIX_EPOCH.checked_add(Duration::from_secs(confirmed)) else {
+                    tracing::warn!(%name, family = label, "saved confirmation time out of range; not restored");
+                    continue;
+                };
+                // A time in the future (clock stepped back) counts as now.
+                let age = wall_now.duration_since(confirmed).unwrap_or_default();
+                if age >= self.policy.stale_grace {
+                    if !saved_family.addresses.is_empty() {
+                        tracing::warn!(
+                            %name,
+                            family = label,
+                            age = ?age,
+                            addresses = %list(&saved_family.addresses),
+                            "saved addresses are older than the stale grace; not restored"
+                        );
+                    }
+                    continue;
+                }
+                restored += saved_family.addresses.len();
+                *family = FamilyState {
+                    addrs: saved_family.addresses,
+                    stale_at: Some(now + (self.policy.stale_grace - age)),
+                };
+            }
+            let addresses = state.addresses();
+            if !addresses.is_empty() {
+                tracing::info!(%name, addresses = %list(&addresses), "restored from the state file");
+            }
+            self.sources
+                .set(&Source::Host(name.clone()), &to_cidrs(&addresses));
+        }
+        restored
+    }
+
+    /// The allowlist the map must hold: static prefixes and every name's addresses.
+    pub fn wanted(&self) -> BTreeSet<Cidr> {
+        self.sources.union()
+    }
+
+    pub fn stats(&self) -> &DnsStats {
+        &self.stats
+    }
+
+    /// A name's current addresses.
+    pub fn addresses(&self, name: &HostName) -> BTreeSet<IpAddr> {
+        self.names
+            .get(name)
+            .map(NameState::addresses)
+            .unwrap_or_default()
+    }
+
+    /// The next moment a lookup or an expiry is due.
+    pub fn next_event(&self) -> Option<Instant> {
+        self.names.values().map(NameState::next_event).min()
+    }
+
+    /// Does everything due now: expires stale addresses, looks up the due names (all at
+    /// once), applies the answers. Returns whether the wanted allowlist changed. What DNS
+    /// confirmed is written by [`DnsEngine::save_state`].
+    pub async fn step(&mut self) -> bool {
+        let before = self.wanted();
+        let mut persist = self.expire(Instant::now());
+
+        let now = Instant::now();
+        let due: Vec<HostName> = self
+            .names
+            .values()
+            .filter(|state| state.next_refresh <= now)
+            .map(|state| state.name.clone())
+            .collect();
+        let mut lookups = JoinSet::new();
+        for name in due {
+            let resolver = self.resolver.clone();
+            lookups.spawn(async move {
+                let answer =
+                    match tokio::time::timeout(LOOKUP_DEADLINE, resolver.lookup(&name)).await {
+                        Ok(answer) => answer,
+                        Err(_) => NameAnswer {
+                            v4: super::FamilyAnswer::Failed(FailureKind::Timeout),
+                            v6: super::FamilyAnswer::Failed(FailureKind::Timeout),
+                        },
+                    };
+                (name, answer)
+            });
+        }
+        while let Some(joined) = lookups.join_next().await {
+            match joined {
+                Ok((name, answer)) => persist |= self.apply(&name, answer, Instant::now()),
+                // A panicking lookup must not take the daemon down: that name is retried
+                // when its (unchanged) schedule says so.
+                Err(error) => tracing::error!("a DNS lookup task failed: {error}"),
+            }
+        }
+        // Lookups take time: something may have gone stale meanwhile.
+        persist |= self.expire(Instant::now());
+        self.unsaved |= persist;
+        self.wanted() != before
+    }
+
+    /// Runs until the receiving side is gone, publishing every change of the wanted allowlist.
+    pub async fn run(mut self, updates: watch::Sender<AllowlistUpdate>) {
+        let mut published = AllowlistUpdate::default();
+        loop {
+            self.step().await;
+            // Counter changes are published too, so failures are visible to the caller.
+            if !self.publish(&updates, &mut published) {
+                return;
+            }
+            // After publishing: a slow fsync must not delay the map update.
+            self.save_state().await;
+            if !self.publish(&updates, &mut published) {
+                return;
+            }
+            let Some(next) = self.next_event() else {
+                // No names: nothing will ever be due.
+                updates.closed().await;
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = updates.closed() => return,
+            }
+        }
+    }
+
+    /// Sends the allowlist and counters if they differ from what was last sent; false once
+    /// nobody listens.
+    fn publish(
+        &self,
+        updates: &watch::Sender<AllowlistUpdate>,
+        published: &mut AllowlistUpdate,
+    ) -> bool {
+        let update = AllowlistUpdate {
+            wanted: self.wanted(),
+            stats: self.stats.clone(),
+        };
+        if update == *published {
+            return !updates.is_closed();
+        }
+        *published = update.clone();
+        updates.send(update).is_ok()
+    }
+
+    fn apply(&mut self, name: &HostName, answer: NameAnswer, now: Instant) -> bool {
+        let random = (self.random)();
+        let Some(state) = self.names.get_mut(name) else {
+            return false;
+        };
+        self.stats.lookups += 1;
+        let refreshed = state.apply(answer, now, &self.policy, random);
+        let addresses = state.addresses();
+        let failures_in_row = state.failures_in_row;
+        self.sources
+            .set(&Source::Host(name.clone()), &to_cidrs(&addresses));
+        let Refreshed {
+            added,
+            removed,
+            failure,
+            ttl,
+            next_in,
+            confirmed,
+        } = refreshed;
+        if let Some(failure) = &failure {
+            self.stats.failures += 1;
+            *self
+                .stats
+                .failures_by_kind
+                .entry(failure_label(&failure.kind))
+                .or_default() += 1;
+            tracing::warn!(
+                %name,
+                families = %failure.families,
+                error = %failure.kind,
+                failures_in_row,
+                failures_total = self.stats.failures,
+                kept = %list(&addresses),
+                retry_in = ?next_in,
+                "DNS lookup failed; keeping the last known addresses"
+            );
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(
+                %name,
+                added = %list(&added),
+                removed = %list(&removed),
+                now = %list(&addresses),
+                ttl = ?ttl,
+                next_refresh_in = ?next_in,
+                "allowlist addresses of name changed"
+            );
+        } else if failure.is_none() {
+            tracing::debug!(%name, addresses = %list(&addresses), ttl = ?ttl, next_refresh_in = ?next_in, "DNS answer unchanged");
+        }
+        confirmed
+    }
+
+    fn expire(&mut self, now: Instant) -> bool {
+        let mut expired_any = false;
+        for state in self.names.values_mut() {
+            let gone = state.expire(now);
+            if gone.is_empty() {
+                continue;
+            }
+            expired_any = true;
+            self.stats.expired += gone.len() as u64;
+            let addresses = state.addresses();
+            tracing::warn!(
+                name = %state.name,
+                removed = %list(&gone),
+                now = %list(&addresses),
+                stale_grace = ?self.policy.stale_grace,
+                "no successful DNS answer within the stale grace; addresses removed"
+            );
+            self.sources
+                .set(&Source::Host(state.name.clone()), &to_cidrs(&addresses));
+        }
+        expired_any
+    }
+
+    /// Writes the state file if DNS confirmed or expired anything since the last write. The
+    /// write (with its fsyncs) runs on a blocking thread, so the daemon's loop never waits
+    /// for the disk. A failed write is counted and logged, never fatal.
+    pub async fn save_state(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let Some(file) = self.state_file.clone() else {
+            return;
+        };
+        self.unsaved = false;
+        let now = Instant::now();
+        let wall_now = SystemTime::now();
+        let grace = self.policy.stale_grace;
+        let save_family = |family: &FamilyState| {
+            let confirmed_unix = family.stale_at.map(|stale_at| {
+                let age = grace.saturating_sub(stale_at.saturating_duration_since(now));
+                wall_now
+                    .checked_sub(age)
+                    .unwrap_or(UNIX_EPOCH)
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            });
+            SavedFamily {
+                addresses: family.addrs.clone(),
+                confirmed_unix,
+            }
+        };
+        let saved = Saved {
+            names: self
+                .names
+                .iter()
+                .map(|(name, state)| {
+                    (
+                        name.clone(),
+                        SavedName {
+                            ipv4: save_family(&state.v4),
+                            ipv6: save_family(&state.v6),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let result = tokio::task::spawn_blocking(move || file.save(&saved))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("the writing thread failed: {error}")));
+        match result {
+            Ok(()) => self.stats.state_writes += 1,
+            Err(error) => {
+                self.stats.state_write_failures += 1;
+                // Try again after the next lookup round.
+                self.unsaved = true;
+                tracing::warn!("could not write the DNS state file: {error:#}");
+            }
+        }
+    }
+}
+
+fn to_cidrs(addresses: &BTreeSet<IpAddr>) -> BTreeSet<Cidr> {
+    addresses.iter().map(|ip| Cidr::host(*ip)).collect()
+}
+
+fn failure_label(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::Unreachable(_) => "unreachable".into(),
+        FailureKind::Other(_) => "other".into(),
+        kind => kind.to_string(),
+    }
+}
+
+/// `[a, b]` for logs.
+fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let mut text = String::from("[");
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{item}");
+    }
+    text.push(']');
+    text
+}
+
+/// Writes the wanted allowlist into the filter and keeps the action right: the configured
+/// action (`drop` or `reject`), except `monitor` while the allowlist is still empty at start
+/// (unless strict), until it first holds an address. Never back: once enforcing, an allowlist
+/// emptied by stale expiry keeps being enforced (fail closed). A configured `monitor` stays.
+#[derive(Debug)]
+pub struct Enforcer {
+    /// The action in force.
+    action: Action,
+    /// The action to enforce once the allowlist holds something.
+    configured: Action,
+}
+
+impl Enforcer {
+    /// Fills the map with the start-up allowlist (static prefixes and the state file) and sets
+    /// the first action.
+    pub fn start(
+        filter: &mut Filter,
+        wanted: &BTreeSet<Cidr>,
+        configured: Action,
+        strict: bool,
+    ) -> anyhow::Result<Self> {
+        let change = filter.sync_allowlist(wanted)?;
+        for cidr in &change.added {
+            tracing::info!(%cidr, "allowlist: added");
+        }
+        for cidr in &change.removed {
+            tracing::info!(%cidr, "allowlist: removed");
+        }
+        let action = if !wanted.is_empty() || configured == Action::Monitor {
+            configured
+        } else if strict {
+            tracing::warn!(
+                action = ?configured,
+                "the allowlist is empty and --strict is set: every SYN to a protected port is \
+                 denied until DNS answers"
+            );
+            configured
+        } else {
+            tracing::warn!(
+                "the allowlist is empty: running in MONITOR mode (would-be drops are counted \
+                 but passed) until it holds an address; use --strict to enforce from the start"
+            );
+            Action::Monitor
+        };
+        filter.set_action(action)?;
+        Ok(Enforcer { action, configured })
+    }
+
+    /// The action in force.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// A reload changed the configured action: it takes effect now, unless the start-up
+    /// monitor mode is still waiting for a first address (then it takes effect with it).
+    pub fn reconfigure(&mut self, filter: &mut Filter, configured: Action) -> anyhow::Result<()> {
+        let waiting_for_first_address = self.action != self.configured;
+        self.configured = configured;
+        if !waiting_for_first_address || configured == Action::Monitor {
+            filter.set_action(configured)?;
+            self.action = configured;
+        }
+        Ok(())
+    }
+
+    /// Makes the map hold exactly `wanted` (new entries first, then the ones no source
+    /// contributes any more), logs what changed, and leaves the start-up monitor mode once it
+    /// holds something.
+    pub fn apply(
+        &mut self,
+        filter: &mut Filter,
+        wanted: &BTreeSet<Cidr>,
+    ) -> anyhow::Result<AllowlistChange> {
+        let change = filter.sync_allowlist(wanted)?;
+        if !change.is_empty() {
+            tracing::info!(
+                added = %list(&change.added),
+                removed = %list(&change.removed),
+                entries = wanted.len(),
+                "allowlist map updated"
+            );
+        }
+        if wanted.is_empty() {
+            if self.action != Action::Monitor && !change.removed.is_empty() {
+                tracing::error!(
+                    "the allowlist is now empty (stale addresses expired): every SYN to a \
+                     protected port is denied until DNS answers again"
+                );
+            }
+        } else if self.action != self.configured {
+            filter.set_action(self.configured)?;
+            self.action = self.configured;
+            tracing::info!(
+                entries = wanted.len(),
+                action = ?self.configured,
+                "the allowlist holds addresses now: switching from MONITOR to enforcing"
+            );
+        }
+        Ok(change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine on tokio's paused clock with a scripted resolver: scheduling, back-off,
+    //! fail-static, expiry and persistence, without a network and without waiting.
+    use std::{
+        path::PathBuf,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+    use crate::dns::FamilyAnswer;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Answers from a script that the test changes; records when each lookup happened.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        answers: Arc<Mutex<BTreeMap<HostName, NameAnswer>>>,
+        lookups: Arc<Mutex<Vec<(HostName, Instant)>>>,
+    }
+
+    impl Scripted {
+        fn set(&self, name: &str, answer: NameAnswer) {
+            self.answers
+                .lock()
+                .unwrap()
+                .insert(name.parse().unwrap(), answer);
+        }
+
+        /// Seconds since `start` of every lookup so far.
+        fn times(&self, start: Instant) -> Vec<u64> {
+            self.lookups
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, at)| at.duration_since(start).as_secs())
+                .collect()
+        }
+    }
+
+    impl Resolve for Scripted {
+        async fn lookup(&self, name: &HostName) -> NameAnswer {
+            self.lookups
+                .lock()
+                .unwrap()
+                .push((name.clone(), Instant::now()));
+            self.answers
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .unwrap_or(NameAnswer {
+                    v4: FamilyAnswer::Failed(FailureKind::NxDomain),
+                    v6: FamilyAnswer::Failed(FailureKind::NxDomain),
+                })
+        }
+    }
+
+    fn v4(list: &[&str], ttl: u64) -> NameAnswer {
+        NameAnswer {
+            v4: FamilyAnswer::Records {
+                addrs: list.iter().map(|s| s.parse().unwrap()).collect(),
+                ttl: Duration::from_secs(ttl),
+            },
+            v6: FamilyAnswer::NoData,
+        }
+    }
+
+    fn failed(kind: FailureKind) -> NameAnswer {
+        NameAnswer {
+            v4: FamilyAnswer::Failed(kind.clone()),
+            v6: FamilyAnswer::Failed(kind),
+        }
+    }
+
+    fn cidrs(list: &[&str]) -> BTreeSet<Cidr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn policy(min: u32, max: u32, grace: u32) -> RefreshPolicy {
+        RefreshPolicy {
+            min_refresh: min * S,
+            max_refresh: max * S,
+            stale_grace: grace * S,
+        }
+    }
+
+    fn engine(
+        resolver: &Scripted,
+        policy: RefreshPolicy,
+        names: &[&str],
+        state_dir: Option<&PathBuf>,
+    ) -> DnsEngine<Scripted> {
+        let hosts = names.iter().map(|n| n.parse().unwrap()).collect();
+        DnsEngine::new(
+            resolver.clone(),
+            policy,
+            &hosts,
+            &cidrs(&["198.51.100.0/24"]),
+            state_dir.map(|dir| StateFile::in_dir(dir)),
+        )
+        .with_random(|| 0.0)
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mxguard-engine-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Runs the engine until `until` (paused clock), returning every change of the published
+    /// allowlist with the second it was published at.
+    async fn run_until(engine: DnsEngine<Scripted>, until: Duration) -> Vec<(u64, BTreeSet<Cidr>)> {
+        let start = Instant::now();
+        let (tx, mut rx) = watch::channel(AllowlistUpdate::default());
+        let task = tokio::spawn(engine.run(tx));
+        let mut seen = Vec::new();
+        let deadline = tokio::time::sleep_until(start + until);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                changed = rx.changed() => {
+                    changed.expect("engine runs");
+                    let wanted = rx.borrow_and_update().wanted.clone();
+                    // Updates also come for counter changes: keep the allowlist changes.
+                    if seen.last().is_none_or(|(_, last)| *last != wanted) {
+                        seen.push((start.elapsed().as_secs(), wanted));
+                    }
+                }
+            }
+        }
+        task.abort();
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_follow_the_ttl_clamped_to_min_and_max() {
+        let resolver = Scripted::default();
+        resolver.set("short.relay.test", v4(&["192.0.2.1"], 1));
+        resolver.set("long.relay.test", v4(&["192.0.2.2"], 100));
+        resolver.set("mid.relay.test", v4(&["192.0.2.3"], 3));
+        let start = Instant::now();
+        run_until(
+            engine(&resolver, policy(2, 5, 60), &["short.relay.test"], None),
+            Duration::from_millis(9500),
+        )
+        .await;
+        assert_eq!(resolver.times(start), [0, 2, 4, 6, 8], "TTL 1 s, min 2 s");
+
+        let resolver = Scripted {
+            answers: resolver.answers.clone(),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        run_until(
+            engine(&resolver, policy(2, 5, 60), &["long.relay.test"], None),
+            Duration::from_millis(15500),
+        )
+        .await;
+        assert_eq!(resolver.times(start), [0, 5, 10, 15], "TTL 100 s, max 5 s");
+
+        let resolver = Scripted {
+            answers: resolver.answers.clone(),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        run_until(
+            engine(&resolver, policy(2, 5, 60), &["mid.relay.test"], None),
+            Duration::from_millis(9500),
+        )
+        .await;
+        assert_eq!(
+            resolver.times(start),
+            [0, 3, 6, 9],
+            "TTL 3 s inside the bounds"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_applied_at_the_ttl_not_before() {
+        let resolver = Scripted::default();
+        resolver.set("relay.test", v4(&["192.0.2.1", "192.0.2.2"], 10));
+        let engine = engine(&resolver, policy(1, 60, 600), &["relay.test"], None);
+        let changer = resolver.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(3 * S).await;
+            changer.set("relay.test", v4(&["192.0.2.2", "192.0.2.3"], 10));
+        });
+        let seen = run_until(engine, 15 * S).await;
+        assert_eq!(
+            seen,
+            [
+                (0, cidrs(&["198.51.100.0/24", "192.0.2.1", "192.0.2.2"])),
+                (10, cidrs(&["198.51.100.0/24", "192.0.2.2", "192.0.2.3"])),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_keep_the_addresses_back_off_and_expire_after_the_grace() {
+        let resolver = Scripted::default();
+        resolver.set("relay.test", v4(&["192.0.2.1"], 2));
+        let mut engine = engine(&resolver, policy(1, 4, 20), &["relay.test"], None);
+        let start = Instant::now();
+        assert!(engine.step().await);
+        assert_eq!(engine.wanted(), cidrs(&["198.51.100.0/24", "192.0.2.1"]));
+
+        resolver.set("relay.test", failed(FailureKind::ServFail));
+        let seen = run_until(engine, Duration::from_millis(25500)).await;
+        // Success at 0 (TTL 2), failures from 2 on: retries after 1, 2, 4, 4, ... (capped by
+        // the max refresh); the address stays until 20 s after the last success.
+        assert_eq!(
+            resolver.times(start),
+            [0, 2, 3, 5, 9, 13, 17, 21, 25],
+            "back-off 1, 2, 4, 4, ..."
+        );
+        // The first publication carries the list as it is; only the expiry changes it.
+        assert_eq!(
+            seen,
+            [
+                (0, cidrs(&["198.51.100.0/24", "192.0.2.1"])),
+                (20, cidrs(&["198.51.100.0/24"]))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_is_persisted_and_restored_and_bad_state_is_ignored() {
+        let dir = temp_dir("persist");
+        let resolver = Scripted::default();
+        resolver.set(
+            "relay.test",
+            NameAnswer {
+                v4: FamilyAnswer::Records {
+                    addrs: ["192.0.2.1".parse().unwrap()].into(),
+                    ttl: 30 * S,
+                },
+                v6: FamilyAnswer::Records {
+                    addrs: ["2001:db8::1".parse().unwrap()].into(),
+                    ttl: 30 * S,
+                },
+            },
+        );
+        let mut first = engine(&resolver, policy(1, 60, 600), &["relay.test"], Some(&dir));
+        assert_eq!(first.restore(), 0, "no file yet");
+        first.step().await;
+        assert_eq!(first.stats().state_writes, 0, "written only when asked");
+        first.save_state().await;
+        assert_eq!(first.stats().state_writes, 1);
+        first.save_state().await;
+        assert_eq!(first.stats().state_writes, 1, "nothing new to write");
+
+        // A restart with DNS down: the saved addresses are back before any lookup.
+        let down = Scripted::default();
+        let mut second = engine(
+            &down,
+            policy(1, 60, 600),
+            &["relay.test", "other.relay.test"],
+            Some(&dir),
+        );
+        assert_eq!(second.restore(), 2);
+        assert_eq!(
+            second.wanted(),
+            cidrs(&["198.51.100.0/24", "192.0.2.1", "2001:db8::1"])
+        );
+        second.step().await;
+        assert_eq!(second.stats().failures, 2, "both names failed");
+        assert_eq!(
+            second.wanted(),
+            cidrs(&["198.51.100.0/24", "192.0.2.1", "2001:db8::1"]),
+            "failures keep the restored addresses"
+        );
+
+        // With a grace shorter than the file's age, nothing is restored.
+        let file = StateFile::in_dir(&dir);
+        let mut saved = file.load().unwrap().unwrap();
+        for state in saved.names.values_mut() {
+            for family in [&mut state.ipv4, &mut state.ipv6] {
+                family.confirmed_unix = family.confirmed_unix.map(|t| t - 700);
+            }
+        }
+        file.save(&saved).unwrap();
+        let mut third = engine(&down, policy(1, 60, 600), &["relay.test"], Some(&dir));
+        assert_eq!(third.restore(), 0);
+        assert_eq!(third.wanted(), cidrs(&["198.51.100.0/24"]));
+
+        // A corrupt file is reported and ignored.
+        std::fs::write(
+            file.path(),
+            "{\"version\": 1, \"names\": {\"relay.test.\": 7}}",
+        )
+        .unwrap();
+        let mut fourth = engine(&down, policy(1, 60, 600), &["relay.test"], Some(&dir));
+        assert_eq!(fourth.restore(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,234 @@
+//! The DNS allowlist wired to the real XDP program, as the daemon wires it: a [`DnsEngine`]
+//! task publishes the wanted allowlist, the [`Rig`] applies it to a loaded [`Filter`] through
+//! the [`Enforcer`]. Plus SYNs run through the program with BPF_PROG_TEST_RUN, and second
+//! handles on the allowlist maps for watching them from another thread.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{LpmTrie, Map, MapData, MapInfo, lpm_trie::Key},
+    programs::{TestRun, TestRunOptions},
+};
+use filter_common::{Action, FamilyCounters};
+use filter_user::{
+    cidr::Cidr,
+    dns::{
+        AllowlistUpdate, DnsEngine, DnsStats, Enforcer, HickoryResolve, RefreshPolicy, Resolve,
+        state_file::StateFile,
+    },
+    filter::Filter,
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::frames::Frame;
+pub use crate::harness::{XDP_DROP, XDP_PASS};
+
+/// An engine asking `server` (with a short query timeout) about `names`, with `statics` as the
+/// static prefixes and the state file in `state_dir` (none without).
+pub fn engine(
+    server: SocketAddr,
+    names: &[&str],
+    statics: &[&str],
+    policy: RefreshPolicy,
+    state_dir: Option<&Path>,
+) -> DnsEngine<HickoryResolve> {
+    let resolver = HickoryResolve::new(&[server], Some(Duration::from_millis(400)))
+        .expect("building the resolver");
+    DnsEngine::new(
+        resolver,
+        policy,
+        &names
+            .iter()
+            .map(|n| n.parse().expect("test name"))
+            .collect(),
+        &cidrs(statics),
+        state_dir.map(StateFile::in_dir),
+    )
+}
+
+pub fn cidrs(list: &[&str]) -> BTreeSet<Cidr> {
+    list.iter().map(|c| c.parse().expect("test CIDR")).collect()
+}
+
+/// A loaded filter driven by a DNS engine task.
+pub struct Rig {
+    pub filter: Filter,
+    pub enforcer: Enforcer,
+    rx: watch::Receiver<AllowlistUpdate>,
+    task: JoinHandle<()>,
+    /// The latest counters the engine published.
+    pub stats: DnsStats,
+    /// Every allowlist the map was synced to, with when.
+    pub history: Vec<(Instant, BTreeSet<Cidr>)>,
+    pub started: Instant,
+}
+
+impl Rig {
+    /// As the daemon starts: load (port 25 protected), restore the state file, fill the map,
+    /// pick the action, then start the engine task. Call inside a tokio runtime.
+    pub fn start<R: Resolve>(engine: DnsEngine<R>, strict: bool) -> Rig {
+        Rig::start_with(engine, Action::Drop, strict)
+    }
+
+    /// As [`Rig::start`], with `action` as the configured (`--action`) action.
+    pub fn start_with<R: Resolve>(mut engine: DnsEngine<R>, action: Action, strict: bool) -> Rig {
+        crate::harness::require_root();
+        let mut filter = Filter::load().expect("loading the XDP program");
+        filter
+            .set_ports(&BTreeSet::from([25]), &BTreeSet::new())
+            .expect("protecting port 25");
+        engine.restore();
+        let initial = engine.wanted();
+        let enforcer = Enforcer::start(&mut filter, &initial, action, strict).expect("first fill");
+        let (tx, rx) = watch::channel(AllowlistUpdate::default());
+        let task = tokio::spawn(engine.run(tx));
+        let started = Instant::now();
+        Rig {
+            filter,
+            enforcer,
+            rx,
+            task,
+            stats: DnsStats::default(),
+            history: vec![(started, initial)],
+            started,
+        }
+    }
+
+    /// The allowlist as the kernel map holds it.
+    pub fn allowlist(&self) -> BTreeSet<Cidr> {
+        self.filter.allowlist().expect("reading the allowlist")
+    }
+
+    /// Applies the engine's updates until `done(map, stats)` holds; panics after `timeout`.
+    /// Returns the time waited.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&BTreeSet<Cidr>, &DnsStats) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if done(&self.allowlist(), &self.stats) {
+                return start.elapsed();
+            }
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    changed.expect("the DNS engine task ended");
+                    self.apply();
+                }
+                _ = tokio::time::sleep_until(deadline) => panic!(
+                    "timed out after {timeout:?} waiting for {what}: map {:?}, stats {:?}",
+                    self.allowlist(),
+                    self.stats
+                ),
+            }
+        }
+    }
+
+    /// Applies the engine's updates for `duration`, checking `invariant` on the map after each.
+    pub async fn hold(
+        &mut self,
+        what: &str,
+        duration: Duration,
+        invariant: impl Fn(&BTreeSet<Cidr>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            let map = self.allowlist();
+            assert!(invariant(&map), "{what} broken: map {map:?}");
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    changed.expect("the DNS engine task ended");
+                    self.apply();
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    fn apply(&mut self) {
+        let update = self.rx.borrow_and_update().clone();
+        self.stats = update.stats;
+        self.enforcer
+            .apply(&mut self.filter, &update.wanted)
+            .expect("applying the allowlist");
+        self.history.push((Instant::now(), update.wanted));
+    }
+
+    pub fn action(&self) -> Action {
+        self.enforcer.action()
+    }
+
+    /// Runs one SYN from `src` to port 25 through the program; returns the XDP action.
+    pub fn syn(&self, src: IpAddr) -> u32 {
+        let frame = Frame::syn(&src.to_string(), 25).bytes();
+        self.filter
+            .program()
+            .expect("program")
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    /// The program's counters, all families summed.
+    pub fn counters(&self) -> FamilyCounters {
+        self.filter.counters().expect("counters").total()
+    }
+
+    /// Stops the engine task (the filter stays loaded until the rig drops).
+    pub fn stop_engine(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A second handle on one of the filter's allowlist tries (`K` = `[u8; 4]` for
+/// [`filter_common::map_names::ALLOW_V4`], `[u8; 16]` for [`filter_common::map_names::ALLOW_V6`]), found through the
+/// program's map ids, for reading it from another thread while the rig updates it.
+pub fn trie_handle<K: aya::Pod>(filter: &Filter, name: &str) -> LpmTrie<MapData, K, u8> {
+    let ids = filter
+        .program()
+        .expect("program")
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel reports map ids");
+    for id in ids {
+        let info = MapInfo::from_id(id).expect("map info");
+        if info.name_as_str() == Some(name) {
+            let map =
+                Map::from_map_data(MapData::from_id(id).expect("map by id")).expect("map type");
+            return LpmTrie::try_from(map).expect("an LPM trie with these keys");
+        }
+    }
+    panic!("the program uses no map named {name}");
+}
+
+/// Whether the trie holds the host entry for `addr` (/32 or /128).
+pub fn holds(
+    v4: &LpmTrie<MapData, [u8; 4], u8>,
+    v6: &LpmTrie<MapData, [u8; 16], u8>,
+    addr: IpAddr,
+) -> bool {
+    // Exact key lookups: every key the tests use is a host entry, so a hit means this one.
+    match addr {
+        IpAddr::V4(addr) => v4.get(&Key::new(32, addr.octets()), 0).is_ok(),
+        IpAddr::V6(addr) => v6.get(&Key::new(128, addr.octets()), 0).is_ok(),
+    }
+}

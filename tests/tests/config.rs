@@ -1,0 +1,227 @@
+//! The configuration file: `check-config`, command-line overrides, and SIGHUP reloads (a good
+//! one applied without detaching, a bad one rejected with the running configuration kept).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use tests::{
+    netns::MailLab,
+    pins::TestPins,
+    process::{Daemon, mxguard_bin, mxguard_output as mxguard},
+};
+
+/// A config file in a private temporary directory, removed on drop.
+struct ConfigFile {
+    dir: PathBuf,
+}
+
+impl ConfigFile {
+    fn new(text: &str) -> ConfigFile {
+        let dir = std::env::temp_dir().join(format!(
+            "mxguard-config-{}-{}",
+            std::process::id(),
+            fastrand_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = ConfigFile { dir };
+        file.write(text);
+        file
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("mxguard.toml")
+    }
+
+    fn arg(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// Replaces the file atomically, as an editor or config manager would.
+    fn write(&self, text: &str) {
+        let tmp = self.dir.join("mxguard.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path()).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn smtp(port: u16) -> SocketAddr {
+    SocketAddr::new(MailLab::SERVER.v4.into(), port)
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_and_flags_override_the_file() {
+    let lab = MailLab::new();
+    let config = ConfigFile::new(
+        "iface = [\"eth0\"]\nport = [2525]\nallow = [\"192.0.2.10\"]\naction = \"reject\"\nstats-interval = \"5s\"\n",
+    );
+    let output = mxguard(
+        &lab.server,
+        &[
+            "check-config",
+            "--config",
+            &config.arg(),
+            "--port",
+            "25",
+            "--port",
+            "26",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let effective = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        effective.contains("port = [\n    25,\n    26,\n]")
+            || effective.contains("port = [25, 26]"),
+        "{effective}"
+    );
+    assert!(effective.contains("action = \"reject\""), "{effective}");
+    assert!(
+        effective.contains("allow = [\"192.0.2.10/32\"]"),
+        "{effective}"
+    );
+    assert!(effective.contains("stats-interval = \"5s\""), "{effective}");
+}
+
+#[test]
+fn check_config_rejects_bad_files_with_the_key_and_line() {
+    let lab = MailLab::new();
+    let cases = [
+        (
+            "iface = [\"eth0\"]\nprots = [25]\n",
+            &["prots", "line 2"][..],
+        ),
+        (
+            "iface = [\"eth0\"]\nport = [0]\n",
+            &["port 0 is out of range"][..],
+        ),
+        (
+            "iface = [\"eth0\"]\nallow = [\"192.0.2.1/24\"]\n",
+            &["did you mean 192.0.2.0/24"][..],
+        ),
+        ("iface = [\"eth9\"]\n", &["unknown interface \"eth9\""][..]),
+        ("iface = [\"eth0\"]\naction = \"bounce\"\n", &["action"][..]),
+        ("port = [25]\n", &["no interface to protect"][..]),
+    ];
+    for (text, expected) in cases {
+        let config = ConfigFile::new(text);
+        let output = mxguard(&lab.server, &["check-config", "--config", &config.arg()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text:?} should be rejected");
+        for part in expected {
+            assert!(
+                stderr.contains(part),
+                "{text:?}: expected {part:?} in {stderr}"
+            );
+        }
+    }
+    let missing = mxguard(
+        &lab.server,
+        &["check-config", "--config", "/nonexistent/mxguard.toml"],
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_rejects_a_bad_one() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    let _alt = lab.server.listen(2525);
+    let config = ConfigFile::new("iface = [\"eth0\"]\nport = [25]\nallow = [\"192.0.2.10\"]\n");
+    let mut command = lab.server.command(mxguard_bin());
+    command.args([
+        "run",
+        "--config",
+        &config.arg(),
+        "--pin-dir",
+        pins.arg(),
+        "--stats-interval",
+        "0",
+    ]);
+    let mut daemon = Daemon::spawn(command);
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    assert!(
+        lab.direct
+            .connect(smtp(25), Duration::from_millis(800))
+            .is_err(),
+        "25 protected"
+    );
+    lab.direct
+        .connect(smtp(2525), Duration::from_secs(3))
+        .expect("2525 open");
+
+    let hup = |daemon: &Daemon| {
+        let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    // Good: protect 2525 instead of 25, and allow the direct sender too.
+    config
+        .write("iface = [\"eth0\"]\nport = [2525]\nallow = [\"192.0.2.10\", \"192.0.2.64/30\"]\n");
+    hup(&daemon);
+    daemon.wait_for("reload", Duration::from_secs(5), |l| {
+        l.contains("configuration reloaded")
+    });
+    lab.direct
+        .connect(smtp(25), Duration::from_secs(3))
+        .expect("25 released");
+    lab.direct
+        .connect(smtp(2525), Duration::from_secs(3))
+        .expect("direct now allowlisted");
+    let status = mxguard(
+        &lab.server,
+        &[
+            "status",
+            "--json",
+            "--interval",
+            "0",
+            "--pin-dir",
+            pins.arg(),
+        ],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["ports"], serde_json::json!([2525]));
+    assert_eq!(
+        status["allowlist"],
+        serde_json::json!(["192.0.2.10/32", "192.0.2.64/30"])
+    );
+
+    // Bad: an unknown key. Rejected with a clear line; the running configuration stays.
+    config.write("iface = [\"eth0\"]\nport = [25]\nalow = [\"192.0.2.10\"]\n");
+    hup(&daemon);
+    let line = daemon.wait_for("rejection", Duration::from_secs(5), |l| {
+        l.contains("reload rejected")
+    });
+    assert!(line.contains("alow"), "{line}");
+    lab.direct
+        .connect(smtp(25), Duration::from_secs(3))
+        .expect("still the previous configuration");
+    assert!(
+        lab.relay
+            .connect(smtp(2525), Duration::from_secs(3))
+            .is_ok()
+    );
+
+    // A reload may not change what needs a restart.
+    config.write("iface = [\"eth0\"]\nport = [2525]\nmode = \"generic\"\n");
+    hup(&daemon);
+    daemon.wait_for("restart-only rejection", Duration::from_secs(5), |l| {
+        l.contains("reload rejected") && l.contains("only with a restart")
+    });
+    assert!(daemon.stop().success());
+}
