@@ -509,7 +509,7 @@ pub fn run(
     traffic: &[(String, Vec<Vec<u8>>)],
     cases: &[Case],
 ) -> anyhow::Result<FloodResults> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = crate::online_cpus();
     // Inline by default: on a VM, waking a receiver thread on another CPU costs an IPI per
     // burst, which then dominates every fast case alike.
     let (sender_cpu, receiver_cpu) = if options.threaded_receiver && cpus > 1 {

@@ -30,6 +30,22 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPUs online (not the caller's affinity, which the micro benchmark narrows).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let count = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(count).unwrap_or(1).max(1)
+}
+
+/// Lets the calling thread run on every online CPU again.
+pub fn unpin_current_thread() -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in 0..online_cpus() {
+        set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("unpinning")
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
     pin_thread(0, cpu)

@@ -300,6 +300,7 @@ pub fn run(
         &tmp,
     );
     crate::set_fifo(0, 0);
+    crate::unpin_current_thread()?;
     let (samples, drops) = measured?;
     let mut rows = Vec::new();
     for (program_index, program) in programs.iter().enumerate() {

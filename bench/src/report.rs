@@ -52,7 +52,7 @@ impl Machine {
         Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             cpu_model: field("model name").unwrap_or_else(|| "unknown".into()),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: crate::online_cpus(),
             memory_gib: memory_kib / 1024.0 / 1024.0,
             hypervisor,
             date_utc: date.trim().to_string(),
@@ -301,8 +301,8 @@ pub fn terminal(report: &Report) -> String {
     if let Some(flood) = &report.flood {
         let _ = writeln!(
             out,
-            "\nMacro (flood over veth, {:.1} s windows, median of {}; sender on CPU {}, receiver NAPI thread on CPU {})\n",
-            flood.duration_s, flood.reps, flood.sender_cpu, flood.receiver_cpu
+            "\nMacro (flood over veth, {:.1} s windows, median of {}; sender on CPU {}, receiver on CPU {}: {})\n",
+            flood.duration_s, flood.reps, flood.sender_cpu, flood.receiver_cpu, flood.receiver
         );
         out.push_str(&flood_table(flood));
     }
@@ -381,9 +381,10 @@ pub fn markdown(report: &Report) -> String {
         out.push_str(&micro_table(micro));
         out.push_str(
             "\nA test run repeats one frame, so map lookups hit a warm cache; a flood of random sources over a \
-             large trie also misses the cache. The fast path (a 2 MiB bitmap per family, one bit per /24 \
-             block touched by any allowlisted prefix, checked before the LPM trie) turns most misses into one \
-             array read; \"trie only\" is the same program with every bit set. xdp-filter is loaded by \
+             large trie also misses the cache. The fast path (per family, an 8 KiB bitmap with one bit per /16 \
+             and a 2 MiB one with one bit per /24 that any allowlisted prefix touches, checked before the \
+             LPM trie) turns most misses into one or two array reads; \"trie only\" is the same program \
+             with every bit set. xdp-filter is loaded by \
              xdp-filter itself and run by id through `bpftool prog run`; it cannot express \"SYN only\", \
              prefixes or exceptions, so it is a cost comparison only.\n\n",
         );

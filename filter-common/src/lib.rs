@@ -22,6 +22,10 @@ pub mod map_names {
     pub const ALLOW_V4_BLOCKS: &str = "ALLOW_V4_BLOCKS";
     /// Fast path in front of `ALLOW_V6`: one bit per /24 block of IPv6 space.
     pub const ALLOW_V6_BLOCKS: &str = "ALLOW_V6_BLOCKS";
+    /// First level of the IPv4 fast path: one bit per /16 (see [`super::SUMMARY_PREFIX_LEN`]).
+    pub const ALLOW_V4_SUMMARY: &str = "ALLOW_V4_SUMMARY";
+    /// First level of the IPv6 fast path: one bit per /16 of IPv6 space.
+    pub const ALLOW_V6_SUMMARY: &str = "ALLOW_V6_SUMMARY";
     /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
@@ -29,18 +33,22 @@ pub mod map_names {
     /// LRU hash, written by the daemon only: source address (IPv6 or IPv4-mapped) to
     /// [`super::DroppedSource`]. It outlives the daemon, so `status` can show top sources.
     pub const DROPPED_SOURCES: &str = "DROPPED_SOURCES";
-    /// Every map, for pinning.
-    pub const ALL: [&str; 10] = [
+    /// Every map, for pinning. The fast-path bitmaps are pinned with the tries they mirror;
+    /// `Filter` rebuilds them from the tries at every load, so a pin directory made before
+    /// they existed is taken over safely.
+    pub const ALL: [&str; 12] = [
         ALLOW_V4,
         ALLOW_V6,
-        ALLOW_V4_BLOCKS,
-        ALLOW_V6_BLOCKS,
         PORTS,
         CONFIG,
         COUNTERS,
         RATE_WINDOWS,
         DROP_SAMPLES,
         DROPPED_SOURCES,
+        ALLOW_V4_SUMMARY,
+        ALLOW_V4_BLOCKS,
+        ALLOW_V6_SUMMARY,
+        ALLOW_V6_BLOCKS,
     ];
 }
 
@@ -72,6 +80,14 @@ pub type BlockWord = u64;
 
 /// Number of [`BlockWord`]s in each block bitmap (2^24 blocks / 64 bits = 2 MiB).
 pub const BLOCK_WORDS: u32 = 1 << (BLOCK_PREFIX_LEN - 6);
+
+/// The fast path's first level: the same kind of bitmap at /16 granularity, checked before the
+/// /24 one. At 8 KiB it stays in the CPU cache, so a flood of random sources, most of which
+/// fall in a /16 no allowlisted prefix touches, never reaches the 2 MiB bitmap's cold lines.
+pub const SUMMARY_PREFIX_LEN: u32 = 16;
+
+/// Number of [`BlockWord`]s in each summary bitmap (2^16 / 64 = 1024, 8 KiB).
+pub const SUMMARY_WORDS: u32 = 1 << (SUMMARY_PREFIX_LEN - 6);
 
 /// Value stored in the allowlist tries. Its content is not used by the program (a hit is
 /// what matters); userspace keeps it at 1.

@@ -18,7 +18,7 @@ use filter_common::{
     ALLOWLIST_CAPACITY, Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
     DROP_SAMPLES_PER_CPU_PER_SEC, DROPPED_SOURCES_CAPACITY, DropSample, DroppedSource, Family,
     FamilyCounters, MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, RATE_SLOT_REJECT,
-    RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN,
+    RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN, SUMMARY_WORDS,
 };
 
 #[map(name = "ALLOW_V4")]
@@ -34,6 +34,14 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Mmapable so userspace updates words with plain stores instead of one syscall each.
 #[map(name = "ALLOW_V4_BLOCKS")]
 static ALLOW_V4_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// Fast path, first level: bit set = some IPv4 allowlist prefix touches this /16.
+#[map(name = "ALLOW_V4_SUMMARY")]
+static ALLOW_V4_SUMMARY: Array<BlockWord> = Array::with_max_entries(SUMMARY_WORDS, BPF_F_MMAPABLE);
+
+/// Fast path, first level: bit set = some IPv6 allowlist prefix touches this /16.
+#[map(name = "ALLOW_V6_SUMMARY")]
+static ALLOW_V6_SUMMARY: Array<BlockWord> = Array::with_max_entries(SUMMARY_WORDS, BPF_F_MMAPABLE);
 
 /// Fast path: bit set = some IPv6 allowlist prefix touches this /24.
 #[map(name = "ALLOW_V6_BLOCKS")]
@@ -487,8 +495,11 @@ fn allowlisted(source: Source) -> bool {
             } else {
                 // The trie is only asked when the block bitmap says a prefix may match: a miss
                 // in an untouched block (a random spoofed source) costs one array read.
-                block_touched(&ALLOW_V6_BLOCKS, [address[0], address[1], address[2]])
-                    && ALLOW_V6.get(Key::new(128, address)).is_some()
+                may_be_allowed(
+                    &ALLOW_V6_SUMMARY,
+                    &ALLOW_V6_BLOCKS,
+                    [address[0], address[1], address[2]],
+                ) && ALLOW_V6.get(Key::new(128, address)).is_some()
             }
         }
     }
@@ -496,18 +507,28 @@ fn allowlisted(source: Source) -> bool {
 
 #[inline(always)]
 fn allowlisted_v4(address: [u8; 4]) -> bool {
-    block_touched(&ALLOW_V4_BLOCKS, [address[0], address[1], address[2]])
-        && ALLOW_V4.get(Key::new(32, address)).is_some()
+    may_be_allowed(
+        &ALLOW_V4_SUMMARY,
+        &ALLOW_V4_BLOCKS,
+        [address[0], address[1], address[2]],
+    ) && ALLOW_V4.get(Key::new(32, address)).is_some()
 }
 
-/// Whether the block bitmap has the bit of the /24 block starting with `top` set. A failed
-/// lookup (impossible: the index is below `BLOCK_WORDS`) answers "touched", the safe side.
+/// The fast path: false when no allowlisted prefix touches the /16, then the /24, that the
+/// address starting with `top` falls in (so the trie cannot match); true means "ask the trie".
 #[inline(always)]
-fn block_touched(bitmap: &Array<BlockWord>, top: [u8; 3]) -> bool {
-    // Shifts, not from_be_bytes: LLVM then builds the index from three byte loads directly.
-    let block = (u32::from(top[0]) << 16) | (u32::from(top[1]) << 8) | u32::from(top[2]);
-    match bitmap.get(block >> 6) {
-        Some(word) => (word >> (block & 63)) & 1 != 0,
+fn may_be_allowed(summary: &Array<BlockWord>, blocks: &Array<BlockWord>, top: [u8; 3]) -> bool {
+    // Shifts, not from_be_bytes: LLVM then builds the indexes from the byte loads directly.
+    let slash16 = (u32::from(top[0]) << 8) | u32::from(top[1]);
+    bit_set(summary, slash16) && bit_set(blocks, (slash16 << 8) | u32::from(top[2]))
+}
+
+/// Bit `index` of a bitmap. A failed lookup (impossible: indexes are below the map's size)
+/// answers "set", the safe side.
+#[inline(always)]
+fn bit_set(bitmap: &Array<BlockWord>, index: u32) -> bool {
+    match bitmap.get(index >> 6) {
+        Some(word) => (word >> (index & 63)) & 1 != 0,
         None => true,
     }
 }

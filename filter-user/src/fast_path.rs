@@ -1,10 +1,11 @@
-//! The allowlist fast path's block bitmaps, kept in userspace next to the tries.
+//! The allowlist fast path's bitmaps, kept in userspace next to the tries.
 //!
-//! The XDP program only asks an LPM trie when the source's /24 block
-//! ([`filter_common::BLOCK_PREFIX_LEN`]) has its bit set. The bitmap is derived state: bit `b`
-//! is set exactly when some allowlisted prefix touches block `b` (contains it, or lies inside
-//! it). [`BlockIndex`] keeps the prefixes and the bitmap, and says which words changed so
-//! `Filter` writes only those to the kernel.
+//! The XDP program only asks an LPM trie when the source's /16 (summary level,
+//! [`filter_common::SUMMARY_PREFIX_LEN`]) and then its /24 ([`filter_common::BLOCK_PREFIX_LEN`])
+//! have their bits set. Each bitmap is derived state: bit `b` is set exactly when some
+//! allowlisted prefix touches block `b` (contains it, or lies inside it). [`BlockIndex`] keeps
+//! the prefixes and one bitmap and says which words changed; [`FastPath`] holds the four
+//! levels and writes only changed words into the kernel's maps, which are mmapped.
 
 use std::{
     collections::BTreeSet,
@@ -13,27 +14,29 @@ use std::{
 };
 
 use anyhow::Context as _;
-use filter_common::{BLOCK_PREFIX_LEN, BLOCK_WORDS, BlockWord};
+use filter_common::BlockWord;
 
-/// The prefixes of one address family and the block bitmap they imply.
+/// The prefixes of one address family and the bitmap of blocks (of `block_len` bits: 16 for
+/// the summary level, 24 for the block level) they imply.
 ///
 /// Addresses are held as `u128` integers of `width` bits (32 for IPv4, 128 for IPv6).
 #[derive(Clone, Debug)]
 pub struct BlockIndex {
     width: u32,
+    block_len: u32,
     prefixes: BTreeSet<(u128, u8)>,
     words: Vec<BlockWord>,
 }
 
 /// The first and last block (inclusive) a prefix touches.
-fn block_range(width: u32, addr: u128, len: u8) -> (u32, u32) {
-    let shift = width - BLOCK_PREFIX_LEN;
+fn block_range(width: u32, block_len: u32, addr: u128, len: u8) -> (u32, u32) {
+    let shift = width - block_len;
     let first = (addr >> shift) as u32;
     let len = u32::from(len);
-    if len >= BLOCK_PREFIX_LEN {
+    if len >= block_len {
         (first, first)
     } else {
-        (first, first + ((1u32 << (BLOCK_PREFIX_LEN - len)) - 1))
+        (first, first + ((1u32 << (block_len - len)) - 1))
     }
 }
 
@@ -60,14 +63,22 @@ fn word_mask(word: u32, first: u32, last: u32) -> BlockWord {
 }
 
 impl BlockIndex {
-    /// An empty index for addresses of `width` bits (32 or 128).
-    pub fn new(width: u32) -> Self {
+    /// An empty index for addresses of `width` bits (32 or 128) cut into blocks of
+    /// `block_len` bits (6 to 30).
+    pub fn new(width: u32, block_len: u32) -> Self {
         assert!(width == 32 || width == 128, "address width is 32 or 128");
+        assert!((6..=30).contains(&block_len), "block length 6 to 30");
         BlockIndex {
             width,
+            block_len,
             prefixes: BTreeSet::new(),
-            words: vec![0; BLOCK_WORDS as usize],
+            words: vec![0; 1 << (block_len - 6)],
         }
+    }
+
+    /// Number of words in the bitmap.
+    pub fn word_count(&self) -> u32 {
+        self.words.len() as u32
     }
 
     /// The current value of bitmap word `index`.
@@ -77,7 +88,7 @@ impl BlockIndex {
 
     /// Whether the bit of the block holding `addr` is set.
     pub fn touched(&self, addr: u128) -> bool {
-        let block = (addr >> (self.width - BLOCK_PREFIX_LEN)) as u32;
+        let block = (addr >> (self.width - self.block_len)) as u32;
         self.words[(block / 64) as usize] >> (block % 64) & 1 != 0
     }
 
@@ -86,7 +97,7 @@ impl BlockIndex {
         if !self.prefixes.insert((addr, len)) {
             return Vec::new();
         }
-        let (first, last) = block_range(self.width, addr, len);
+        let (first, last) = block_range(self.width, self.block_len, addr, len);
         let mut changed = Vec::new();
         for word in first / 64..=last / 64 {
             let old = self.words[word as usize];
@@ -105,12 +116,12 @@ impl BlockIndex {
         if !self.prefixes.remove(&(addr, len)) {
             return Vec::new();
         }
-        let (first, last) = block_range(self.width, addr, len);
+        let (first, last) = block_range(self.width, self.block_len, addr, len);
         // The blocks of the removed prefix form an aligned region; recompute its bits from the
         // prefixes that still touch it.
-        let region_len = u32::from(len).min(BLOCK_PREFIX_LEN);
+        let region_len = u32::from(len).min(self.block_len);
         let region_start = mask(self.width, addr, region_len);
-        let shift = self.width - BLOCK_PREFIX_LEN;
+        let shift = self.width - self.block_len;
         let region_end = (u128::from(last) << shift) | ((1u128 << shift) - 1);
         // A shorter prefix containing the whole region keeps every bit set.
         let covered = (0..region_len).any(|l| {
@@ -129,7 +140,7 @@ impl BlockIndex {
                 .prefixes
                 .range((region_start, 0)..=(region_end, u8::MAX))
             {
-                let (q_first, q_last) = block_range(self.width, q_addr, q_len);
+                let (q_first, q_last) = block_range(self.width, self.block_len, q_addr, q_len);
                 let (q_first, q_last) = (q_first.max(first), q_last.min(last));
                 for word in q_first / 64..=q_last / 64 {
                     fresh[(word - first / 64) as usize] |= word_mask(word, q_first, q_last);
@@ -151,7 +162,7 @@ impl BlockIndex {
 
     /// The bitmap recomputed from scratch from the prefixes (for checks).
     pub fn recomputed(&self) -> Vec<BlockWord> {
-        let mut fresh = BlockIndex::new(self.width);
+        let mut fresh = BlockIndex::new(self.width, self.block_len);
         for &(addr, len) in &self.prefixes {
             fresh.insert(addr, len);
         }
@@ -164,6 +175,7 @@ impl BlockIndex {
 /// turning the fast path off touches up to 2^18 words.
 pub struct MappedBitmap {
     words: *const AtomicU64,
+    count: u32,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value (unmapped on drop); all access
@@ -172,17 +184,15 @@ unsafe impl Send for MappedBitmap {}
 // SAFETY: as above; concurrent access through `&self` only uses atomic loads and stores.
 unsafe impl Sync for MappedBitmap {}
 
-const BITMAP_BYTES: usize = BLOCK_WORDS as usize * std::mem::size_of::<BlockWord>();
-
 impl MappedBitmap {
-    /// Maps the array behind `fd` (which must have `BLOCK_WORDS` u64 values and be mmapable).
-    pub fn new(fd: impl AsFd) -> anyhow::Result<Self> {
+    /// Maps the array behind `fd` (which must have `count` u64 values and be mmapable).
+    pub fn new(fd: impl AsFd, count: u32) -> anyhow::Result<Self> {
         // SAFETY: a fresh shared mapping of a BPF array's value area; the kernel checks the
         // length against the map and the flags; nothing else aliases it in this process.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                BITMAP_BYTES,
+                Self::bytes(count),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_fd().as_raw_fd(),
@@ -194,11 +204,16 @@ impl MappedBitmap {
         }
         Ok(MappedBitmap {
             words: ptr as *const AtomicU64,
+            count,
         })
     }
 
+    fn bytes(count: u32) -> usize {
+        count as usize * std::mem::size_of::<BlockWord>()
+    }
+
     fn word(&self, index: u32) -> &AtomicU64 {
-        assert!(index < BLOCK_WORDS, "bitmap word {index} out of range");
+        assert!(index < self.count, "bitmap word {index} out of range");
         // SAFETY: index is in bounds of the mapping, which is page-aligned (so every u64 is
         // aligned) and lives as long as `self`.
         unsafe { &*self.words.add(index as usize) }
@@ -219,8 +234,140 @@ impl Drop for MappedBitmap {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `new`; no reference into it outlives self.
         unsafe {
-            libc::munmap(self.words as *mut libc::c_void, BITMAP_BYTES);
+            libc::munmap(self.words as *mut libc::c_void, Self::bytes(self.count));
         }
+    }
+}
+
+/// Address family of a prefix, as the fast path's levels are kept per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fam {
+    V4,
+    V6,
+}
+
+/// One bitmap level of one family: the userspace index and the kernel map it mirrors.
+struct Level {
+    fam: Fam,
+    name: &'static str,
+    index: BlockIndex,
+    map: MappedBitmap,
+}
+
+/// Both levels (/16 summary, /24 blocks) of both families, kept equal to what the allowlist
+/// implies: [`FastPath::insert`] before a trie insert, [`FastPath::remove`] after a removal.
+pub struct FastPath {
+    levels: Vec<Level>,
+    enabled: bool,
+}
+
+impl FastPath {
+    /// Wraps the four kernel bitmaps, given as (family, map name, block length, mapping).
+    pub fn new(maps: Vec<(Fam, &'static str, u32, MappedBitmap)>) -> Self {
+        let levels = maps
+            .into_iter()
+            .map(|(fam, name, block_len, map)| Level {
+                fam,
+                name,
+                index: BlockIndex::new(
+                    match fam {
+                        Fam::V4 => 32,
+                        Fam::V6 => 128,
+                    },
+                    block_len,
+                ),
+                map,
+            })
+            .collect();
+        FastPath {
+            levels,
+            enabled: true,
+        }
+    }
+
+    /// Replaces every level's contents with what `prefixes` imply and writes every word (used
+    /// at load, when pinned tries may hold prefixes the bitmaps do not reflect yet).
+    pub fn rebuild(&mut self, prefixes: &[(Fam, u128, u8)]) {
+        for level in &mut self.levels {
+            let mut index = BlockIndex::new(level.index.width, level.index.block_len);
+            for &(fam, addr, len) in prefixes {
+                if fam == level.fam {
+                    index.insert(addr, len);
+                }
+            }
+            level.index = index;
+            for word in 0..level.index.word_count() {
+                level.store(word, self.enabled);
+            }
+        }
+    }
+
+    /// Sets the bits of every block `addr/len` touches, in every level of `fam`.
+    pub fn insert(&mut self, fam: Fam, addr: u128, len: u8) {
+        let enabled = self.enabled;
+        for level in self.levels.iter_mut().filter(|l| l.fam == fam) {
+            for word in level.index.insert(addr, len) {
+                level.store(word, enabled);
+            }
+        }
+    }
+
+    /// Clears the bits of blocks that only `addr/len` touched, in every level of `fam`.
+    pub fn remove(&mut self, fam: Fam, addr: u128, len: u8) {
+        let enabled = self.enabled;
+        for level in self.levels.iter_mut().filter(|l| l.fam == fam) {
+            for word in level.index.remove(addr, len) {
+                level.store(word, enabled);
+            }
+        }
+    }
+
+    /// On: the kernel bitmaps hold the real bits. Off: all ones, so every lookup goes to the
+    /// trie (the verdicts are the same; only the cost differs).
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+        for level in &self.levels {
+            for word in 0..level.index.word_count() {
+                level.store(word, enabled);
+            }
+        }
+    }
+
+    /// Checks the kernel bitmaps against `prefixes` (the tries' contents).
+    pub fn verify(&self, prefixes: &[(Fam, u128, u8)]) -> anyhow::Result<()> {
+        for level in &self.levels {
+            let mut expected = BlockIndex::new(level.index.width, level.index.block_len);
+            for &(fam, addr, len) in prefixes {
+                if fam == level.fam {
+                    expected.insert(addr, len);
+                }
+            }
+            for (index, word) in expected.recomputed().iter().enumerate() {
+                let want = if self.enabled { *word } else { BlockWord::MAX };
+                let got = level.map.load(index as u32);
+                if got != want {
+                    anyhow::bail!(
+                        "{}[{index}] is {got:#x}, the allowlist implies {want:#x}",
+                        level.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Level {
+    /// Copies one word into the kernel's bitmap (all ones while the fast path is off). One
+    /// atomic store; the bits not being changed are equal in the old and new word, so the
+    /// program never sees a bit that is in neither state.
+    fn store(&self, word: u32, enabled: bool) {
+        let value = if enabled {
+            self.index.word(word)
+        } else {
+            BlockWord::MAX
+        };
+        self.map.store(word, value);
     }
 }
 
@@ -238,7 +385,7 @@ mod tests {
 
     #[test]
     fn host_prefix_sets_one_block() {
-        let mut index = BlockIndex::new(32);
+        let mut index = BlockIndex::new(32, 24);
         let changed = index.insert(v4("198.51.100.7"), 32);
         assert_eq!(changed.len(), 1);
         assert!(index.touched(v4("198.51.100.200")));
@@ -251,7 +398,7 @@ mod tests {
 
     #[test]
     fn short_prefixes_cover_many_blocks_and_nest() {
-        let mut index = BlockIndex::new(32);
+        let mut index = BlockIndex::new(32, 24);
         index.insert(v4("198.18.0.0"), 15);
         index.insert(v4("198.19.7.0"), 25);
         assert!(index.touched(v4("198.18.0.1")) && index.touched(v4("198.19.255.255")));
@@ -270,7 +417,7 @@ mod tests {
 
     #[test]
     fn whole_space_and_two_prefixes_in_one_block() {
-        let mut index = BlockIndex::new(32);
+        let mut index = BlockIndex::new(32, 24);
         index.insert(0, 0);
         assert!(index.touched(v4("0.0.0.0")) && index.touched(v4("255.255.255.255")));
         index.insert(v4("203.0.113.0"), 26);
@@ -291,7 +438,7 @@ mod tests {
     #[test]
     fn ipv6_blocks_are_the_first_24_bits() {
         let v6 = |t: &str| t.parse::<std::net::Ipv6Addr>().unwrap().to_bits();
-        let mut index = BlockIndex::new(128);
+        let mut index = BlockIndex::new(128, 24);
         index.insert(v6("2001:db8:1::"), 48);
         assert!(index.touched(v6("2001:db8:bad::66")), "same /24 as the /48");
         assert!(index.touched(v6("2001:db9::1")), "2001:0d is one /24 block");
@@ -299,6 +446,20 @@ mod tests {
         index.insert(v6("2000::"), 3);
         index.remove(v6("2001:db8:1::"), 48);
         assert!(index.touched(v6("3fff:ffff::1")) && !index.touched(v6("4000::1")));
+        consistent(&index);
+    }
+
+    #[test]
+    fn summary_level_is_per_slash16() {
+        let mut index = BlockIndex::new(32, 16);
+        assert_eq!(index.word_count(), 1024);
+        index.insert(v4("198.51.100.7"), 32);
+        assert!(index.touched(v4("198.51.0.1")) && index.touched(v4("198.51.255.255")));
+        assert!(!index.touched(v4("198.52.0.0")));
+        index.insert(v4("10.0.0.0"), 8);
+        assert!(index.touched(v4("10.255.0.0")));
+        index.remove(v4("10.0.0.0"), 8);
+        assert!(!index.touched(v4("10.1.0.0")));
         consistent(&index);
     }
 
@@ -311,23 +472,27 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let mut index = BlockIndex::new(32);
+        let mut index = BlockIndex::new(32, 24);
+        let mut summary = BlockIndex::new(32, 16);
         let mut live = Vec::new();
         for round in 0..2000 {
             if round % 3 == 2 && !live.is_empty() {
                 let (addr, len) = live.swap_remove((next() % live.len() as u64) as usize);
                 index.remove(addr, len);
+                summary.remove(addr, len);
             } else {
                 // Clustered, so prefixes nest and share blocks.
                 let len = [8u8, 12, 16, 20, 23, 24, 25, 28, 32][(next() % 9) as usize];
                 let addr = u128::from(0xc612_0000u32 | (next() as u32 & 0x0003_ffff));
                 let addr = mask(32, addr, u32::from(len));
                 index.insert(addr, len);
+                summary.insert(addr, len);
                 if !live.contains(&(addr, len)) {
                     live.push((addr, len));
                 }
             }
         }
         consistent(&index);
+        consistent(&summary);
     }
 }

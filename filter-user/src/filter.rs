@@ -13,14 +13,15 @@ use aya::{
     },
 };
 use filter_common::{
-    Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, DEFAULT_REJECT_PER_CPU_PER_SEC, Family,
-    FamilyCounters, PORT_OPEN, PORT_PROTECTED, PROGRAM_NAME, PortFlag, map_names,
+    Action, AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, Config, DEFAULT_REJECT_PER_CPU_PER_SEC,
+    Family, FamilyCounters, PORT_OPEN, PORT_PROTECTED, PROGRAM_NAME, PortFlag, SUMMARY_PREFIX_LEN,
+    SUMMARY_WORDS, map_names,
 };
 
 use crate::{
     BPF_OBJECT,
     cidr::Cidr,
-    fast_path::{BlockIndex, MappedBitmap},
+    fast_path::{Fam, FastPath, MappedBitmap},
     pins::{LAYOUT_VERSION, PinDir},
 };
 
@@ -99,22 +100,9 @@ pub struct Filter {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
     pins: Option<PinDir>,
-    /// Userspace copies of the fast-path block bitmaps (see `fast_path`), kept in step with the
-    /// tries by `allow` and `disallow`.
-    blocks_v4: BlockIndex,
-    blocks_v6: BlockIndex,
-    /// The kernel's bitmaps (`ALLOW_V4_BLOCKS`, `ALLOW_V6_BLOCKS`), mapped into this process.
-    bitmap_v4: MappedBitmap,
-    bitmap_v6: MappedBitmap,
-    /// When off, the kernel bitmaps hold all ones, so every lookup goes to the trie (for
-    /// measuring the trie alone); the userspace copies are still maintained.
-    fast_path: bool,
-}
-
-#[derive(Clone, Copy)]
-enum Fam {
-    V4,
-    V6,
+    /// The allowlist fast path's bitmaps (see `fast_path`), kept in step with the tries by
+    /// `allow` and `disallow`.
+    fast_path: FastPath,
 }
 
 impl Filter {
@@ -151,39 +139,50 @@ impl Filter {
         program
             .load()
             .context("loading the XDP program into the kernel (verifier)")?;
-        let bitmap = |name: &str| -> anyhow::Result<MappedBitmap> {
-            match ebpf.map(name) {
-                Some(aya::maps::Map::Array(data)) => {
-                    MappedBitmap::new(data.fd()).with_context(|| format!("mapping {name}"))
-                }
-                _ => Err(anyhow!("BPF object has no array map {name}")),
-            }
-        };
-        let bitmap_v4 = bitmap(map_names::ALLOW_V4_BLOCKS)?;
-        let bitmap_v6 = bitmap(map_names::ALLOW_V6_BLOCKS)?;
+        let mut levels = Vec::new();
+        for (fam, name, block_len, words) in [
+            (
+                Fam::V4,
+                map_names::ALLOW_V4_SUMMARY,
+                SUMMARY_PREFIX_LEN,
+                SUMMARY_WORDS,
+            ),
+            (
+                Fam::V4,
+                map_names::ALLOW_V4_BLOCKS,
+                BLOCK_PREFIX_LEN,
+                BLOCK_WORDS,
+            ),
+            (
+                Fam::V6,
+                map_names::ALLOW_V6_SUMMARY,
+                SUMMARY_PREFIX_LEN,
+                SUMMARY_WORDS,
+            ),
+            (
+                Fam::V6,
+                map_names::ALLOW_V6_BLOCKS,
+                BLOCK_PREFIX_LEN,
+                BLOCK_WORDS,
+            ),
+        ] {
+            let map = match ebpf.map(name) {
+                Some(aya::maps::Map::Array(data)) => MappedBitmap::new(data.fd(), words)
+                    .with_context(|| format!("mapping {name}"))?,
+                _ => return Err(anyhow!("BPF object has no array map {name}")),
+            };
+            levels.push((fam, name, block_len, map));
+        }
         let mut filter = Filter {
             ebpf,
             attachments: Vec::new(),
-            blocks_v4: BlockIndex::new(32),
-            blocks_v6: BlockIndex::new(128),
-            bitmap_v4,
-            bitmap_v6,
-            fast_path: true,
             pins,
+            fast_path: FastPath::new(levels),
         };
-        // A fresh load has empty tries and zeroed bitmaps. Pinned maps may already hold an
-        // allowlist: index it, and rewrite the bitmaps from the index (a superset of what the
-        // tries need at every moment, so no allowlisted source misses).
-        for cidr in filter.allowlist()? {
-            let (fam, addr, len) = block_key(&cidr);
-            filter.blocks(fam).insert(addr, len);
-        }
-        if filter.pins.is_some() {
-            let all: Vec<u32> = (0..BLOCK_WORDS).collect();
-            for fam in [Fam::V4, Fam::V6] {
-                filter.write_block_words(fam, &all)?;
-            }
-        }
+        // Pinned tries may already hold prefixes, and pinned bitmaps may predate them (or be
+        // new): derive the bitmaps from the tries before anything is attached.
+        let prefixes: Vec<(Fam, u128, u8)> = filter.allowlist()?.iter().map(block_key).collect();
+        filter.fast_path.rebuild(&prefixes);
         Ok(filter)
     }
 
@@ -261,13 +260,10 @@ impl Filter {
         // Bits first: a set bit with no trie entry yet is only a slower miss, never a verdict
         // change; the reverse order could drop an allowlisted source.
         let (fam, addr, len) = block_key(cidr);
-        let changed = self.blocks(fam).insert(addr, len);
-        self.write_block_words(fam, &changed)
-            .with_context(|| format!("adding {cidr} to the fast-path bitmap"))?;
+        self.fast_path.insert(fam, addr, len);
         let result = self.trie_insert(cidr);
         if result.is_err() {
-            let changed = self.blocks(fam).remove(addr, len);
-            let _ = self.write_block_words(fam, &changed);
+            self.fast_path.remove(fam, addr, len);
         }
         result
     }
@@ -311,86 +307,23 @@ impl Filter {
         }
         // Bits after the trie: they are cleared only once no prefix touches their block.
         let (fam, addr, len) = block_key(cidr);
-        let changed = self.blocks(fam).remove(addr, len);
-        self.write_block_words(fam, &changed)
-            .with_context(|| format!("removing {cidr} from the fast-path bitmap"))
+        self.fast_path.remove(fam, addr, len);
+        Ok(())
     }
 
     /// Turns the allowlist fast path on (the default) or off. Off fills the kernel bitmaps with
     /// ones, so every protected SYN costs a trie lookup: verdicts are the same either way, only
     /// the cost differs (the benchmark measures both).
     pub fn set_fast_path(&mut self, enabled: bool) -> anyhow::Result<()> {
-        self.fast_path = enabled;
-        let all: Vec<u32> = (0..BLOCK_WORDS).collect();
-        for fam in [Fam::V4, Fam::V6] {
-            self.write_block_words(fam, &all)?;
-        }
+        self.fast_path.set_enabled(enabled);
         Ok(())
     }
 
     /// Checks that the kernel's fast-path bitmaps are exactly what the tries' contents imply
-    /// (all ones when the fast path is off). For tests; reads both bitmaps whole.
+    /// (all ones when the fast path is off). For tests; reads every bitmap whole.
     pub fn verify_fast_path(&self) -> anyhow::Result<()> {
-        let mut expected_v4 = BlockIndex::new(32);
-        let mut expected_v6 = BlockIndex::new(128);
-        for cidr in self.allowlist()? {
-            let (fam, addr, len) = block_key(&cidr);
-            match fam {
-                Fam::V4 => expected_v4.insert(addr, len),
-                Fam::V6 => expected_v6.insert(addr, len),
-            };
-        }
-        for (name, expected, bitmap) in [
-            (
-                map_names::ALLOW_V4_BLOCKS,
-                expected_v4.recomputed(),
-                &self.bitmap_v4,
-            ),
-            (
-                map_names::ALLOW_V6_BLOCKS,
-                expected_v6.recomputed(),
-                &self.bitmap_v6,
-            ),
-        ] {
-            for (index, word) in expected.iter().enumerate() {
-                let want = if self.fast_path {
-                    *word
-                } else {
-                    BlockWord::MAX
-                };
-                let got = bitmap.load(index as u32);
-                if got != want {
-                    anyhow::bail!("{name}[{index}] is {got:#x}, the allowlist implies {want:#x}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn blocks(&mut self, fam: Fam) -> &mut BlockIndex {
-        match fam {
-            Fam::V4 => &mut self.blocks_v4,
-            Fam::V6 => &mut self.blocks_v6,
-        }
-    }
-
-    /// Copies the given words of the userspace bitmap into the kernel's (all ones while the
-    /// fast path is off). Each word is one atomic store; the bits not being changed are equal
-    /// in the old and new word, so the program never sees a bit that is in neither state.
-    fn write_block_words(&mut self, fam: Fam, words: &[u32]) -> anyhow::Result<()> {
-        let (blocks, bitmap) = match fam {
-            Fam::V4 => (&self.blocks_v4, &self.bitmap_v4),
-            Fam::V6 => (&self.blocks_v6, &self.bitmap_v6),
-        };
-        for &word in words {
-            let value = if self.fast_path {
-                blocks.word(word)
-            } else {
-                BlockWord::MAX
-            };
-            bitmap.store(word, value);
-        }
-        Ok(())
+        let prefixes: Vec<(Fam, u128, u8)> = self.allowlist()?.iter().map(block_key).collect();
+        self.fast_path.verify(&prefixes)
     }
 
     /// Makes the allowlist exactly `wanted`: adds what is new first, then removes what is gone,
@@ -706,6 +639,26 @@ impl Drop for Filter {
     }
 }
 
+/// The family, address bits and length of a prefix, as the block bitmaps index them. The IPv6
+/// trie may hold an IPv4-mapped prefix (see `allowlist`); it goes into the IPv6 bitmap with it.
+fn block_key(cidr: &Cidr) -> (Fam, u128, u8) {
+    match *cidr {
+        // Masked, in case a prefix was built by hand with host bits set: the trie ignores them.
+        Cidr::V4 { addr, prefix_len } => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
+            (Fam::V4, u128::from(addr.to_bits() & mask), prefix_len)
+        }
+        Cidr::V6 { addr, prefix_len } => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len))
+                .unwrap_or(0);
+            (Fam::V6, addr.to_bits() & mask, prefix_len)
+        }
+    }
+}
+
 /// The protected ports in a `PORTS` map.
 pub fn read_ports(map: &Map) -> anyhow::Result<BTreeSet<u16>> {
     let map: Array<&MapData, PortFlag> =
@@ -764,26 +717,6 @@ pub fn read_counters(map: &Map) -> anyhow::Result<Counters> {
         }
     }
     Ok(counters)
-}
-
-/// The family, address bits and length of a prefix, as the block bitmaps index them. The IPv6
-/// trie may hold an IPv4-mapped prefix (see `allowlist`); it goes into the IPv6 bitmap with it.
-fn block_key(cidr: &Cidr) -> (Fam, u128, u8) {
-    match *cidr {
-        // Masked, in case a prefix was built by hand with host bits set: the trie ignores them.
-        Cidr::V4 { addr, prefix_len } => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len))
-                .unwrap_or(0);
-            (Fam::V4, u128::from(addr.to_bits() & mask), prefix_len)
-        }
-        Cidr::V6 { addr, prefix_len } => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len))
-                .unwrap_or(0);
-            (Fam::V6, addr.to_bits() & mask, prefix_len)
-        }
-    }
 }
 
 /// What [`Filter::sync_allowlist`] changed.

@@ -1,4 +1,4 @@
-//! The allowlist fast path (a /24 block bitmap checked before the LPM tries) at its edges:
+//! The allowlist fast path (/16 and /24 block bitmaps checked before the LPM tries) at its edges:
 //! verdicts through BPF_PROG_TEST_RUN must be exactly those of the tries alone, with the fast
 //! path on and off, and the kernel bitmaps must always be what the allowlist implies.
 
@@ -159,4 +159,57 @@ fn a_prefix_on_a_word_boundary_of_the_bitmap() {
         &mut harness,
         &[("198.63.255.255", XDP_DROP), ("198.64.0.1", XDP_PASS)],
     );
+}
+
+#[test]
+fn a_reload_over_pinned_maps_rebuilds_the_bitmaps_from_the_tries() {
+    use filter_user::{filter::Filter, pins::PinDir};
+    tests::harness::require_root();
+    let root = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/mxguard-test-fastpath-{}",
+        std::process::id()
+    ));
+    let pins = PinDir::new(&root);
+    pins.ensure_bpffs().expect("bpffs");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(root.clone());
+    {
+        let mut first = Filter::load_pinned(&pins).expect("first load");
+        first.allow(&cidr("198.51.100.0/24")).unwrap();
+        first.allow(&cidr("2001:db8:1::/48")).unwrap();
+    }
+    // A pin directory made before the fast path existed has tries but no bitmaps: unpin the
+    // bitmaps, so the next load reuses the tries and creates zeroed bitmaps.
+    for name in filter_common::map_names::ALL
+        .iter()
+        .filter(|name| name.contains("BLOCKS") || name.contains("SUMMARY"))
+    {
+        std::fs::remove_file(pins.map_path(name)).expect("unpinning a bitmap");
+    }
+    let second = Filter::load_pinned(&pins).expect("second load");
+    second
+        .verify_fast_path()
+        .expect("bitmaps rebuilt from the pinned tries");
+    let mut harness = Harness { filter: second };
+    // The pinned PORTS map carries over too, but protect port 25 explicitly.
+    harness
+        .filter
+        .set_ports(&BTreeSet::from([25]), &BTreeSet::new())
+        .unwrap();
+    for (source, action) in [
+        ("198.51.100.7", XDP_PASS),
+        ("198.51.101.7", XDP_DROP),
+        ("2001:db8:1::7", XDP_PASS),
+    ] {
+        assert_eq!(
+            harness.run(&Frame::syn(source, 25).bytes()).action,
+            action,
+            "{source}"
+        );
+    }
 }
