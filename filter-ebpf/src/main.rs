@@ -85,6 +85,8 @@ const TCP_JUDGE_LEN: usize = 14;
 /// Bytes of TCP header holding the destination port.
 const TCP_PORTS_LEN: usize = 4;
 const TCP_SYN: u8 = 0x02;
+/// Denied frames per CPU and family between two looks at the sampling clock (a power of two).
+const SAMPLE_EVERY: u64 = 64;
 const TCP_ACK: u8 = 0x10;
 
 /// How the frame was judged; decides both the XDP action and the counter bumped.
@@ -177,13 +179,15 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
     };
     let (family, outcome, l3) = classify(&frame);
+    // One lookup of this CPU's counter row serves the sampling gate and the count.
+    let row = COUNTERS.get_ptr_mut(family as u32);
     let verdict = match outcome {
         Outcome::SynDenied { .. } | Outcome::EvasiveDenied => {
-            deny(&ctx, &frame, family, outcome, l3)
+            deny(&ctx, &frame, family, outcome, l3, row)
         }
         _ => Verdict::Pass,
     };
-    count(family, outcome, verdict);
+    count(row, outcome, verdict);
     match verdict {
         Verdict::Pass | Verdict::WouldDrop => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
@@ -194,9 +198,16 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
 /// Applies the configured action to a denied frame. The config is read only here, so passing
 /// frames never pay for it.
 #[inline(always)]
-fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: usize) -> Verdict {
+fn deny(
+    ctx: &XdpContext,
+    frame: &Frame,
+    family: Family,
+    outcome: Outcome,
+    l3: usize,
+    row: Option<*mut FamilyCounters>,
+) -> Verdict {
     // Before the action: `reject` rewrites the headers the sample reads.
-    sample(frame, family, outcome, l3);
+    sample(frame, family, outcome, l3, row);
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Drop;
     };
@@ -222,7 +233,23 @@ fn deny(ctx: &XdpContext, frame: &Frame, family: Family, outcome: Outcome, l3: u
 /// Sends a few denied sources per second per CPU to userspace; under a flood the rest cost
 /// only the rate check.
 #[inline(always)]
-fn sample(frame: &Frame, family: Family, outcome: Outcome, l3: usize) {
+fn sample(
+    frame: &Frame,
+    family: Family,
+    outcome: Outcome,
+    l3: usize,
+    row: Option<*mut FamilyCounters>,
+) {
+    // Only every SAMPLE_EVERY-th denied frame of this CPU and family (the first included) even
+    // looks at the clock: under a flood the rest cost one mask of counters already in cache.
+    if let Some(row) = row {
+        // SAFETY: this CPU's counter row; XDP runs with preemption off.
+        let row = unsafe { &*row };
+        let denied = row.syn_dropped + row.syn_rejected + row.syn_would_drop + row.evasive_dropped;
+        if denied & (SAMPLE_EVERY - 1) != 0 {
+            return;
+        }
+    }
     if !reject::within_rate(
         &RATE_WINDOWS,
         RATE_SLOT_SAMPLES,
@@ -259,8 +286,8 @@ fn sample(frame: &Frame, family: Family, outcome: Outcome, l3: usize) {
 }
 
 #[inline(always)]
-fn count(family: Family, outcome: Outcome, verdict: Verdict) {
-    let Some(row) = COUNTERS.get_ptr_mut(family as u32) else {
+fn count(row: Option<*mut FamilyCounters>, outcome: Outcome, verdict: Verdict) {
+    let Some(row) = row else {
         return;
     };
     // SAFETY: a per-CPU array slot for this CPU; XDP runs with preemption off, so no one else
