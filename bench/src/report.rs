@@ -41,9 +41,11 @@ impl Machine {
             .map(|_| {
                 let vendor = read("/sys/class/dmi/id/sys_vendor");
                 let product = read("/sys/class/dmi/id/product_name");
-                format!("{} {}", vendor.trim(), product.trim())
-                    .trim()
-                    .to_string()
+                let name = format!("{} {}", vendor.trim(), product.trim());
+                match name.trim() {
+                    "" => "hypervisor flag set in /proc/cpuinfo".to_string(),
+                    name => name.to_string(),
+                }
             });
         let date = crate::netns::run(
             std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
