@@ -357,41 +357,30 @@ fn install(case: Case, topology: &Topology, allow: &[Cidr]) -> anyhow::Result<In
             Ok(Installed::Xdp(ebpf, rx.name().to_owned(), Some(link)))
         }
         Case::IptablesRecipe => {
-            let rules = |list: &[&Cidr]| {
-                let mut text = String::from("*filter\n");
-                for cidr in list {
-                    text += &format!(
-                        "-A INPUT -p tcp --dport 25 -m state --state NEW -s {}/{} -j ACCEPT\n",
-                        cidr.addr(),
-                        cidr.prefix_len()
-                    );
-                }
-                text += "-A INPUT -p tcp --dport 25 -m state --state NEW -j REJECT\nCOMMIT\n";
-                text
-            };
-            netns::run_with_input(&mut rx.command("iptables-restore"), &rules(&v4))
-                .context("iptables-restore")?;
-            netns::run_with_input(&mut rx.command("ip6tables-restore"), &rules(&v6))
-                .context("ip6tables-restore")?;
+            // The source document's rules: NEW connections to 25 from the allowlist, else REJECT.
+            load_iptables(
+                rx,
+                &v4,
+                &v6,
+                "filter",
+                "INPUT",
+                "-m state --state NEW",
+                "ACCEPT",
+                "REJECT",
+            )?;
             Ok(Installed::None)
         }
         Case::IptablesRaw => {
-            let rules = |list: &[&Cidr]| {
-                let mut text = String::from("*raw\n");
-                for cidr in list {
-                    text += &format!(
-                        "-A PREROUTING -p tcp --dport 25 --tcp-flags SYN,ACK SYN -s {}/{} -j ACCEPT\n",
-                        cidr.addr(),
-                        cidr.prefix_len()
-                    );
-                }
-                text += "-A PREROUTING -p tcp --dport 25 --tcp-flags SYN,ACK SYN -j DROP\nCOMMIT\n";
-                text
-            };
-            netns::run_with_input(&mut rx.command("iptables-restore"), &rules(&v4))
-                .context("iptables-restore")?;
-            netns::run_with_input(&mut rx.command("ip6tables-restore"), &rules(&v6))
-                .context("ip6tables-restore")?;
+            load_iptables(
+                rx,
+                &v4,
+                &v6,
+                "raw",
+                "PREROUTING",
+                "--tcp-flags SYN,ACK SYN",
+                "ACCEPT",
+                "DROP",
+            )?;
             Ok(Installed::None)
         }
         Case::Nftables => {
@@ -572,4 +561,36 @@ pub fn run(
         nft_version: version("nft"),
         rows,
     })
+}
+
+/// Loads one iptables/ip6tables table: `match` SYNs to port 25 from each allowlisted prefix get
+/// `allowed`, the rest `denied`.
+#[allow(clippy::too_many_arguments)]
+fn load_iptables(
+    rx: &netns::Netns,
+    v4: &[&Cidr],
+    v6: &[&Cidr],
+    table: &str,
+    chain: &str,
+    matcher: &str,
+    allowed: &str,
+    denied: &str,
+) -> anyhow::Result<()> {
+    let rules = |list: &[&Cidr]| {
+        let mut text = format!("*{table}\n");
+        for cidr in list {
+            text += &format!(
+                "-A {chain} -p tcp --dport 25 {matcher} -s {}/{} -j {allowed}\n",
+                cidr.addr(),
+                cidr.prefix_len()
+            );
+        }
+        text += &format!("-A {chain} -p tcp --dport 25 {matcher} -j {denied}\nCOMMIT\n");
+        text
+    };
+    netns::run_with_input(&mut rx.command("iptables-restore"), &rules(v4))
+        .context("iptables-restore")?;
+    netns::run_with_input(&mut rx.command("ip6tables-restore"), &rules(v6))
+        .context("ip6tables-restore")?;
+    Ok(())
 }

@@ -28,11 +28,20 @@ fn mxguard_in(netns: &Netns, pins: &TestPins, args: &[&str]) -> Daemon {
     Daemon::spawn(command)
 }
 
+/// `mxguard run ARGS` in `netns`, returned once it has attached.
+fn attached(netns: &Netns, pins: &TestPins, args: &[&str]) -> Daemon {
+    let mut daemon = mxguard_in(netns, pins, args);
+    daemon.wait_for("the attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    daemon
+}
+
 /// Starts mxguard on the server's eth0 with the relay allowlisted.
 fn start_filter(lab: &MailLab, pins: &TestPins, mode: &str) -> Daemon {
     let relay_v4 = format!("{}/32", MailLab::RELAY.v4);
     let relay_v6 = format!("{}/128", MailLab::RELAY.v6);
-    let mut daemon = mxguard_in(
+    attached(
         &lab.server,
         pins,
         &[
@@ -48,11 +57,7 @@ fn start_filter(lab: &MailLab, pins: &TestPins, mode: &str) -> Daemon {
             "--stats-interval",
             "200ms",
         ],
-    );
-    daemon.wait_for("the attach log line", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
-    daemon
+    )
 }
 
 fn connects(from: &Netns, to: SocketAddr) {
@@ -190,14 +195,11 @@ fn protects_a_non_standard_port() {
     let _smtp = lab.server.listen(25);
     let _alt = lab.server.listen(2525);
     let pins = TestPins::new();
-    let mut daemon = mxguard_in(
+    let mut daemon = attached(
         &lab.server,
         &pins,
         &["--iface", "eth0", "--port", "2525", "--allow", "192.0.2.10"],
     );
-    daemon.wait_for("attach", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
     times_out(&lab.direct, addr(MailLab::SERVER.v4, 2525));
     connects(&lab.relay, addr(MailLab::SERVER.v4, 2525));
     connects(&lab.direct, addr(MailLab::SERVER.v4, 25));
@@ -265,7 +267,7 @@ fn reject_action_refuses_the_connection_at_once() {
     let pins = TestPins::new();
     let _smtp = lab.server.listen(25);
     // Generic mode: on veth, native XDP_TX needs an XDP program on the peer as well.
-    let mut daemon = mxguard_in(
+    let mut daemon = attached(
         &lab.server,
         &pins,
         &[
@@ -281,9 +283,6 @@ fn reject_action_refuses_the_connection_at_once() {
             "200ms",
         ],
     );
-    daemon.wait_for("attach", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
     for to in [addr(MailLab::SERVER.v4, 25), addr(MailLab::SERVER.v6, 25)] {
         let started = std::time::Instant::now();
         let error = lab
@@ -310,7 +309,7 @@ fn monitor_action_passes_everything_and_counts_would_be_drops() {
     let lab = MailLab::new();
     let pins = TestPins::new();
     let _smtp = lab.server.listen(25);
-    let mut daemon = mxguard_in(
+    let mut daemon = attached(
         &lab.server,
         &pins,
         &[
@@ -324,9 +323,6 @@ fn monitor_action_passes_everything_and_counts_would_be_drops() {
             "200ms",
         ],
     );
-    daemon.wait_for("attach", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
     connects(&lab.direct, addr(MailLab::SERVER.v4, 25));
     connects(&lab.direct, addr(MailLab::SERVER.v6, 25));
     connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
@@ -365,7 +361,7 @@ fn metrics_endpoint_is_scraped_and_parsed() {
     let lab = MailLab::new();
     let pins = TestPins::new();
     let _smtp = lab.server.listen(25);
-    let mut daemon = mxguard_in(
+    let mut daemon = attached(
         &lab.server,
         &pins,
         &[
@@ -379,9 +375,6 @@ fn metrics_endpoint_is_scraped_and_parsed() {
             "127.0.0.1:9725",
         ],
     );
-    daemon.wait_for("attach", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
     times_out(&lab.direct, addr(MailLab::SERVER.v4, 25));
     connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
     std::thread::sleep(Duration::from_millis(1500));
