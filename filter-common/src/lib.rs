@@ -62,6 +62,10 @@ pub const ALLOWLIST_CAPACITY: u32 = 262_144;
 /// Number of entries in the port array: one per possible TCP port (index = port).
 pub const PORT_SLOTS: u32 = 65_536;
 
+/// How many VLAN tags (802.1Q or 802.1ad, in any order) the program looks through; a frame
+/// with more is not IP as far as the verdict rule is concerned, and passes.
+pub const MAX_VLAN_TAGS: u32 = 2;
+
 /// How many IPv6 extension headers the program walks before giving up on a frame.
 /// A frame whose header chain is longer than this is "unjudgeable" (see the verdict rule).
 pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
@@ -213,39 +217,132 @@ impl Family {
     }
 }
 
-/// One row of per-CPU counters. Every field is a plain `u64` so the struct has no padding.
+/// The counters the program keeps per address family, in their order within a
+/// [`FamilyCounters`] row. This is the one definition: the program, the daemon's log line,
+/// `status`, the metrics, the reference classifier and the tests all iterate [`Counter::ALL`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
+    /// Every frame the program saw.
+    Frames = 0,
+    /// SYNs to a protected port passed because the source is allowlisted.
+    SynAllowed = 1,
+    /// SYNs to a protected port dropped because the source is not allowlisted.
+    SynDropped = 2,
+    /// SYNs that would have been dropped but were passed because the action is `Monitor`.
+    SynWouldDrop = 3,
+    /// SYNs answered with a TCP RST (action `Reject`); those over the rate limit count as
+    /// `SynDropped`.
+    SynRejected = 4,
+    /// Fragments and over-long header chains dropped because they could hide a SYN
+    /// (tiny first fragments, fragment offset 1, IPv6 chains past the walk bound).
+    EvasiveDropped = 5,
+    /// Frames with an impossible header (bad version, IHL < 5, truncation): passed to the
+    /// kernel, which discards them.
+    Malformed = 6,
+}
+
+impl Counter {
+    /// Number of counters in a row.
+    pub const COUNT: usize = 7;
+
+    /// Every counter, in row order.
+    pub const ALL: [Counter; Counter::COUNT] = [
+        Counter::Frames,
+        Counter::SynAllowed,
+        Counter::SynDropped,
+        Counter::SynWouldDrop,
+        Counter::SynRejected,
+        Counter::EvasiveDropped,
+        Counter::Malformed,
+    ];
+
+    /// The counters a denied frame bumps, whatever the action made of it.
+    pub const DENIALS: [Counter; 4] = [
+        Counter::SynDropped,
+        Counter::SynWouldDrop,
+        Counter::SynRejected,
+        Counter::EvasiveDropped,
+    ];
+
+    /// The counter's name in logs, `status` and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Frames => "frames",
+            Counter::SynAllowed => "syn_allowed",
+            Counter::SynDropped => "syn_dropped",
+            Counter::SynWouldDrop => "syn_would_drop",
+            Counter::SynRejected => "syn_rejected",
+            Counter::EvasiveDropped => "evasive_dropped",
+            Counter::Malformed => "malformed",
+        }
+    }
+
+    /// For the counters of protected SYNs, the verdict they count (the metrics' `verdict`
+    /// label); `None` for the others.
+    pub const fn syn_verdict(self) -> Option<&'static str> {
+        match self {
+            Counter::SynAllowed => Some("allowed"),
+            Counter::SynDropped => Some("dropped"),
+            Counter::SynWouldDrop => Some("would_drop"),
+            Counter::SynRejected => Some("rejected"),
+            Counter::Frames | Counter::EvasiveDropped | Counter::Malformed => None,
+        }
+    }
+}
+
+/// One row of per-CPU counters, indexed by [`Counter`]. Plain `u64`s, so the struct has no
+/// padding; the layout is the one pinned maps of layout v1 hold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FamilyCounters {
-    /// Every frame the program saw.
-    pub frames: u64,
-    /// SYNs to a protected port passed because the source is allowlisted.
-    pub syn_allowed: u64,
-    /// SYNs to a protected port dropped because the source is not allowlisted.
-    pub syn_dropped: u64,
-    /// SYNs that would have been dropped but were passed because the action is `Monitor`.
-    pub syn_would_drop: u64,
-    /// SYNs answered with a TCP RST (action `Reject`); those over the rate limit count as
-    /// `syn_dropped`.
-    pub syn_rejected: u64,
-    /// Fragments and over-long header chains dropped because they could hide a SYN
-    /// (tiny first fragments, fragment offset 1, IPv6 chains past the walk bound).
-    pub evasive_dropped: u64,
-    /// Frames with an impossible header (bad version, IHL < 5, truncation): passed to the
-    /// kernel, which discards them.
-    pub malformed: u64,
+    pub values: [u64; Counter::COUNT],
 }
 
 impl FamilyCounters {
+    #[inline(always)]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize]
+    }
+
+    #[inline(always)]
+    pub fn bump(&mut self, counter: Counter) {
+        self.values[counter as usize] += 1;
+    }
+
     /// Adds another row (for summing the per-CPU values).
     pub fn add(&mut self, other: &FamilyCounters) {
-        self.frames += other.frames;
-        self.syn_allowed += other.syn_allowed;
-        self.syn_dropped += other.syn_dropped;
-        self.syn_would_drop += other.syn_would_drop;
-        self.syn_rejected += other.syn_rejected;
-        self.evasive_dropped += other.evasive_dropped;
-        self.malformed += other.malformed;
+        for (value, other) in self.values.iter_mut().zip(other.values) {
+            *value += other;
+        }
+    }
+
+    /// Every counter with its value, in row order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.into_iter().map(|counter| (counter, self.get(counter)))
+    }
+}
+
+/// Counters summed over all CPUs, one row per [`Family`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [FamilyCounters; Family::COUNT as usize]);
+
+impl Counters {
+    pub fn family(&self, family: Family) -> &FamilyCounters {
+        &self.0[family as usize]
+    }
+
+    pub fn family_mut(&mut self, family: Family) -> &mut FamilyCounters {
+        &mut self.0[family as usize]
+    }
+
+    /// All families added up.
+    pub fn total(&self) -> FamilyCounters {
+        let mut total = FamilyCounters::default();
+        for row in &self.0 {
+            total.add(row);
+        }
+        total
     }
 }
 
