@@ -9,7 +9,6 @@ pub mod fast_path;
 pub mod filter;
 pub mod metrics;
 pub mod pins;
-pub mod reference;
 pub mod samples;
 pub mod status;
 

@@ -1,7 +1,9 @@
 //! Reference classifier: `docs/verdict-rule.md` written as plain userspace Rust.
 //!
 //! It exists to check the XDP program, so it was written from the rule text alone, not from
-//! the program. Header parsing goes through etherparse wherever etherparse can express the
+//! the program, and it shares nothing with the loader: its prefixes are its own [`Prefix`],
+//! and only the vocabulary of `filter-common` (families, counters, the walk bounds) is common
+//! to both sides. Header parsing goes through etherparse wherever etherparse can express the
 //! rule; what the rule says and etherparse does not (bounds by the IP length fields, the walk
 //! bound, truncation, F1 to F3) is coded here by hand. Where etherparse's semantics differ from
 //! the rule, the code says so at that spot:
@@ -14,19 +16,19 @@
 //! - TCP needs only 14 bytes by the rule; etherparse wants a whole header (data offset >= 5
 //!   and all options present).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use etherparse::{
     EtherType, Ethernet2HeaderSlice, IpAuthHeaderSlice, IpNumber, Ipv4HeaderSlice,
     Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice,
     TcpHeaderSlice,
 };
-use filter_common::{Action, Family, FamilyCounters, MAX_IPV6_EXT_HEADERS};
-
-use crate::{cidr::Cidr, filter::Counters};
-
-/// How many VLAN tags (802.1Q or 802.1ad, in any order) are looked through.
-pub const MAX_VLAN_TAGS: usize = 2;
+use filter_common::{Action, Counter, Counters, Family, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
 /// TCP bytes needed to read the ports and the flags (flags are byte 13).
 const TCP_FLAGS_LEN: usize = 14;
@@ -40,8 +42,8 @@ const TCP_ACK: u8 = 0x10;
 pub struct Policy {
     /// Protected destination ports.
     pub ports: BTreeSet<u16>,
-    /// Allowlisted source prefixes (canonical [`Cidr`]s, as the loader stores them).
-    pub allow: BTreeSet<Cidr>,
+    /// Allowlisted source prefixes, as the loader is given them.
+    pub allow: BTreeSet<Prefix>,
     pub action: RuleAction,
 }
 
@@ -69,21 +71,82 @@ impl Policy {
     }
 
     /// Longest-prefix match only decides membership, so "any prefix contains it" is the same.
-    /// `Cidr::contains` looks an IPv4-mapped source up as IPv4 only, as the rule says.
     fn allows(&self, source: IpAddr) -> bool {
-        self.allow.iter().any(|cidr| cidr.contains(source))
+        self.allow.iter().any(|prefix| prefix.contains(source))
     }
 }
 
-/// The counter (besides `frames`) that a frame increments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Counter {
-    None,
-    SynAllowed,
-    SynDropped,
-    SynWouldDrop,
-    EvasiveDropped,
-    Malformed,
+/// An allowlist entry as the rule reads it: the first `len` bits of `addr`. Nothing is
+/// rewritten: an IPv4-mapped IPv6 prefix stays an IPv6 prefix, and so never matches, because
+/// the rule looks IPv4-mapped sources up in the IPv4 list only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub const fn new(addr: IpAddr, len: u8) -> Prefix {
+        Prefix { addr, len }
+    }
+
+    /// Whether `source` is inside, looking an IPv4-mapped source up as IPv4.
+    pub fn contains(&self, source: IpAddr) -> bool {
+        let source = match source {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
+            v4 => v4,
+        };
+        // Both sides left-aligned in 128 bits, so one comparison serves both families.
+        let (net, address, width) = match (self.addr, source) {
+            (IpAddr::V4(net), IpAddr::V4(address)) => (
+                u128::from(net.to_bits()) << 96,
+                u128::from(address.to_bits()) << 96,
+                32,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(address)) => (net.to_bits(), address.to_bits(), 128),
+            _ => return false,
+        };
+        let len = u32::from(self.len.min(width));
+        len == 0 || (net ^ address) >> (128 - len) == 0
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    /// `ADDR/LEN`, or a bare address for a single host.
+    fn from_str(text: &str) -> Result<Prefix, String> {
+        let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+        let addr: IpAddr = addr.parse().map_err(|error| format!("{text:?}: {error}"))?;
+        let len = match (len, addr) {
+            ("", IpAddr::V4(_)) => 32,
+            ("", IpAddr::V6(_)) => 128,
+            (len, _) => len
+                .parse()
+                .map_err(|error| format!("{text:?}: prefix length: {error}"))?,
+        };
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl From<Ipv4Addr> for Prefix {
+    /// The single-host prefix.
+    fn from(addr: Ipv4Addr) -> Prefix {
+        Prefix::new(IpAddr::V4(addr), 32)
+    }
+}
+
+impl From<Ipv6Addr> for Prefix {
+    /// The single-host prefix.
+    fn from(addr: Ipv6Addr) -> Prefix {
+        Prefix::new(IpAddr::V6(addr), 128)
+    }
 }
 
 /// The rule's answer for one frame.
@@ -93,21 +156,17 @@ pub struct Verdict {
     pub pass: bool,
     /// The counter row whose `frames` goes up.
     pub family: Family,
-    pub counter: Counter,
+    /// The counter the frame bumps besides `frames`, if any.
+    pub counter: Option<Counter>,
 }
 
 impl Verdict {
     /// Adds this frame to `counters` the way the program counts it.
     pub fn count(&self, counters: &mut Counters) {
-        let row: &mut FamilyCounters = &mut counters.0[self.family as usize];
-        row.frames += 1;
-        match self.counter {
-            Counter::None => {}
-            Counter::SynAllowed => row.syn_allowed += 1,
-            Counter::SynDropped => row.syn_dropped += 1,
-            Counter::SynWouldDrop => row.syn_would_drop += 1,
-            Counter::EvasiveDropped => row.evasive_dropped += 1,
-            Counter::Malformed => row.malformed += 1,
+        let row = counters.family_mut(self.family);
+        row.bump(Counter::Frames);
+        if let Some(counter) = self.counter {
+            row.bump(counter);
         }
     }
 }
@@ -175,6 +234,65 @@ pub enum Rule {
     TinyFirstFragment,
 }
 
+impl Rule {
+    /// Every row, in the order of the rule text.
+    pub const ALL: [Rule; 23] = [
+        Rule::EthernetShort,
+        Rule::VlanTruncated,
+        Rule::ThirdVlanTag,
+        Rule::NotIp,
+        Rule::Ipv4BadHeader,
+        Rule::Ipv4BadTotalLength,
+        Rule::Ipv4NotTcp,
+        Rule::Ipv4LaterFragment,
+        Rule::Ipv4OffsetOne,
+        Rule::Ipv6BadHeader,
+        Rule::Ipv6BadPayloadLength,
+        Rule::Ipv6ChainTruncated,
+        Rule::Ipv6FirstFragmentChainTruncated,
+        Rule::Ipv6ChainTooLong,
+        Rule::Ipv6LaterFragment,
+        Rule::Ipv6OffsetOne,
+        Rule::Ipv6NotTcp,
+        Rule::TcpNotSyn,
+        Rule::TcpOpenPort,
+        Rule::TcpProtectedSyn,
+        Rule::TcpShort,
+        Rule::TinyFirstFragmentOpenPort,
+        Rule::TinyFirstFragment,
+    ];
+
+    /// The one IP family whose frames can reach this row; `None` for the rows of layer 2 and
+    /// TCP, which frames of either family reach.
+    pub const fn family(self) -> Option<Family> {
+        match self {
+            Rule::Ipv4BadHeader
+            | Rule::Ipv4BadTotalLength
+            | Rule::Ipv4NotTcp
+            | Rule::Ipv4LaterFragment
+            | Rule::Ipv4OffsetOne => Some(Family::Ipv4),
+            Rule::Ipv6BadHeader
+            | Rule::Ipv6BadPayloadLength
+            | Rule::Ipv6ChainTruncated
+            | Rule::Ipv6FirstFragmentChainTruncated
+            | Rule::Ipv6ChainTooLong
+            | Rule::Ipv6LaterFragment
+            | Rule::Ipv6OffsetOne
+            | Rule::Ipv6NotTcp => Some(Family::Ipv6),
+            Rule::EthernetShort
+            | Rule::VlanTruncated
+            | Rule::ThirdVlanTag
+            | Rule::NotIp
+            | Rule::TcpNotSyn
+            | Rule::TcpOpenPort
+            | Rule::TcpProtectedSyn
+            | Rule::TcpShort
+            | Rule::TinyFirstFragmentOpenPort
+            | Rule::TinyFirstFragment => None,
+        }
+    }
+}
+
 /// Classifies one frame (Ethernet header first) under `policy`.
 pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
     classify_with_rule(frame, policy).0
@@ -184,16 +302,16 @@ pub fn classify(frame: &[u8], policy: &Policy) -> Verdict {
 pub fn classify_with_rule(frame: &[u8], policy: &Policy) -> (Verdict, Rule) {
     let (family, (finding, rule)) = judge(frame, policy);
     let (pass, counter) = match finding {
-        Finding::Pass => (true, Counter::None),
-        Finding::Malformed => (true, Counter::Malformed),
+        Finding::Pass => (true, None),
+        Finding::Malformed => (true, Some(Counter::Malformed)),
         Finding::Syn(source) | Finding::Evasive(source) if policy.allows(source) => {
-            (true, Counter::SynAllowed)
+            (true, Some(Counter::SynAllowed))
         }
         Finding::Syn(_) | Finding::Evasive(_) if policy.action == RuleAction::Monitor => {
-            (true, Counter::SynWouldDrop)
+            (true, Some(Counter::SynWouldDrop))
         }
-        Finding::Syn(_) => (false, Counter::SynDropped),
-        Finding::Evasive(_) => (false, Counter::EvasiveDropped),
+        Finding::Syn(_) => (false, Some(Counter::SynDropped)),
+        Finding::Evasive(_) => (false, Some(Counter::EvasiveDropped)),
     };
     let verdict = Verdict {
         pass,
@@ -220,7 +338,7 @@ fn judge(frame: &[u8], policy: &Policy) -> (Family, Judged) {
     };
     let mut ether_type = ethernet.ether_type();
     let mut rest = &frame[ethernet.slice().len()..];
-    let mut tags = 0;
+    let mut tags = 0u32;
     // Only these two are tags for the rule; etherparse would also take 0x9100.
     while ether_type == EtherType::VLAN_TAGGED_FRAME || ether_type == EtherType::PROVIDER_BRIDGING {
         if tags == MAX_VLAN_TAGS {
@@ -421,7 +539,7 @@ mod tests {
     fn policy(action: RuleAction) -> Policy {
         Policy {
             ports: [25, 587].into(),
-            allow: [Cidr::host(IpAddr::V4(SRC4)), Cidr::host(IpAddr::V6(SRC6))].into(),
+            allow: [Prefix::from(SRC4), Prefix::from(SRC6)].into(),
             action,
         }
     }
@@ -494,7 +612,14 @@ mod tests {
         ether(0x86dd, &[], &ipv6(src, 6, &tcp(dport, SYN)))
     }
 
-    fn check(frame: &[u8], action: RuleAction, pass: bool, family: Family, counter: Counter) {
+    fn check(
+        frame: &[u8],
+        action: RuleAction,
+        pass: bool,
+        family: Family,
+        counter: impl Into<Option<Counter>>,
+    ) {
+        let counter = counter.into();
         assert_eq!(
             classify(frame, &policy(action)),
             Verdict {
@@ -542,7 +667,7 @@ mod tests {
             RuleAction::Drop,
             true,
             Family::Ipv4,
-            Counter::None,
+            None,
         );
         let v6 = v6_syn(OTHER6, 25);
         check(
@@ -600,10 +725,10 @@ mod tests {
         drop4(&ether(0x0800, &[0x8100, 0x88a8], &ip));
         drop4(&ether(0x0800, &[0x8100, 0x8100], &ip));
         let three = ether(0x0800, &[0x88a8, 0x8100, 0x8100], &ip);
-        check(&three, RuleAction::Drop, true, Family::Other, Counter::None);
+        check(&three, RuleAction::Drop, true, Family::Other, None);
         // 0x9100 is not a tag for the rule.
         let q9100 = ether(0x0800, &[0x9100], &ip);
-        check(&q9100, RuleAction::Drop, true, Family::Other, Counter::None);
+        check(&q9100, RuleAction::Drop, true, Family::Other, None);
         let cut = ether(0x0800, &[0x8100], &[]);
         check(
             &cut[..16],
@@ -620,7 +745,7 @@ mod tests {
             Counter::Malformed,
         );
         let arp = ether(0x0806, &[], &ip);
-        check(&arp, RuleAction::Drop, true, Family::Other, Counter::None);
+        check(&arp, RuleAction::Drop, true, Family::Other, None);
     }
 
     #[test]
@@ -683,7 +808,7 @@ mod tests {
         drop4(&padded);
         let mut udp = good.clone();
         udp[23] = 17;
-        check(&udp, RuleAction::Drop, true, Family::Ipv4, Counter::None);
+        check(&udp, RuleAction::Drop, true, Family::Ipv4, None);
     }
 
     #[test]
@@ -716,7 +841,7 @@ mod tests {
         }
         for len in 4..14 {
             let frame = ether(0x0800, &[], &ipv4(OTHER4, MF, &[], &open[..len]));
-            check(&frame, RuleAction::Drop, true, Family::Ipv4, Counter::None);
+            check(&frame, RuleAction::Drop, true, Family::Ipv4, None);
         }
         let allowed = ether(0x0800, &[], &ipv4(SRC4, MF, &[], &syn[..8]));
         check(
@@ -748,7 +873,7 @@ mod tests {
         // later fragments
         for offset in [2, 3, 185, 0x1fff] {
             let frame = ether(0x0800, &[], &ipv4(OTHER4, MF | offset, &[], &syn));
-            check(&frame, RuleAction::Drop, true, Family::Ipv4, Counter::None);
+            check(&frame, RuleAction::Drop, true, Family::Ipv4, None);
         }
     }
 
@@ -794,7 +919,7 @@ mod tests {
         );
         let mut udp = good.clone();
         udp[20] = 17;
-        check(&udp, RuleAction::Drop, true, Family::Ipv6, Counter::None);
+        check(&udp, RuleAction::Drop, true, Family::Ipv6, None);
     }
 
     #[test]
@@ -886,7 +1011,7 @@ mod tests {
         let mut udp = chain(8, &syn);
         udp[56] = 17;
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 60, &udp));
-        check(&frame, RuleAction::Drop, true, Family::Ipv6, Counter::None);
+        check(&frame, RuleAction::Drop, true, Family::Ipv6, None);
     }
 
     #[test]
@@ -903,7 +1028,7 @@ mod tests {
         evasive_or_drop6(&with(frag(6, 0, true), &syn[..13]), 44, true);
         let open = with(frag(6, 0, true), &tcp(80, SYN)[..4]);
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 44, &open));
-        check(&frame, RuleAction::Drop, true, Family::Ipv6, Counter::None);
+        check(&frame, RuleAction::Drop, true, Family::Ipv6, None);
         // not a first fragment (atomic): a short TCP header is malformed
         let atomic = with(frag(6, 0, false), &syn[..13]);
         let frame = ether(0x86dd, &[], &ipv6(OTHER6, 44, &atomic));
@@ -921,7 +1046,7 @@ mod tests {
             &[],
             &ipv6(OTHER6, 44, &with(frag(17, 1, true), &[0; 8])),
         );
-        check(&f2_udp, RuleAction::Drop, true, Family::Ipv6, Counter::None);
+        check(&f2_udp, RuleAction::Drop, true, Family::Ipv6, None);
         // later fragments pass
         for offset in [2, 100, 0x1fff] {
             let later = ether(
@@ -929,7 +1054,7 @@ mod tests {
                 &[],
                 &ipv6(OTHER6, 44, &with(frag(6, offset, true), &syn)),
             );
-            check(&later, RuleAction::Drop, true, Family::Ipv6, Counter::None);
+            check(&later, RuleAction::Drop, true, Family::Ipv6, None);
         }
         // F3: a first fragment whose chain is cut by the payload end
         let cut = with(frag(60, 0, true), &[6, 1, 0, 0]);
@@ -976,12 +1101,40 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_match_by_their_leading_bits() {
+        let net: Prefix = "192.0.2.128/25".parse().unwrap();
+        assert!(net.contains("192.0.2.128".parse().unwrap()));
+        assert!(net.contains("192.0.2.255".parse().unwrap()));
+        assert!(!net.contains("192.0.2.127".parse().unwrap()));
+        assert!(net.contains("::ffff:192.0.2.200".parse().unwrap()));
+        let all6: Prefix = "::/0".parse().unwrap();
+        assert!(all6.contains("2001:db8::1".parse().unwrap()));
+        assert!(!all6.contains("192.0.2.1".parse().unwrap()));
+        // Not rewritten to IPv4: a mapped prefix in the IPv6 list matches nothing.
+        let mapped: Prefix = "::ffff:203.0.113.0/120".parse().unwrap();
+        assert!(!mapped.contains("::ffff:203.0.113.7".parse().unwrap()));
+        assert!(!mapped.contains("203.0.113.7".parse().unwrap()));
+        assert_eq!(Prefix::from(SRC4).to_string(), "192.0.2.10/32");
+        assert!("192.0.2.0/x".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn every_rule_row_is_listed_once() {
+        let rows: BTreeSet<Rule> = Rule::ALL.into_iter().collect();
+        assert_eq!(
+            rows.len(),
+            Rule::ALL.len(),
+            "a row listed twice in Rule::ALL"
+        );
+    }
+
+    #[test]
     fn tally_counts_rows() {
         let frames = [v4_syn(OTHER4, 25), v6_syn(SRC6, 25), vec![0; 5]];
         let counters = tally(frames.iter().map(Vec::as_slice), &policy(RuleAction::Drop));
-        assert_eq!(counters.family(Family::Ipv4).syn_dropped, 1);
-        assert_eq!(counters.family(Family::Ipv6).syn_allowed, 1);
-        assert_eq!(counters.family(Family::Other).malformed, 1);
-        assert_eq!(counters.total().frames, 3);
+        assert_eq!(counters.family(Family::Ipv4).get(Counter::SynDropped), 1);
+        assert_eq!(counters.family(Family::Ipv6).get(Counter::SynAllowed), 1);
+        assert_eq!(counters.family(Family::Other).get(Counter::Malformed), 1);
+        assert_eq!(counters.total().get(Counter::Frames), 3);
     }
 }
