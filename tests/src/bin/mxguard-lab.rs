@@ -15,9 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{
+use test_kit::{
     dns_server::{TestDns, bind_pair},
-    netns::{MailLab, Netns},
+    lab::MailLab,
+    netns::Netns,
     pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
@@ -69,7 +70,10 @@ fn main() -> std::process::ExitCode {
     // The filtering service publishes its relay by name: a DNS server on the relay host
     // answers for relay.mail-scanning.test with the relay's IPv4 and IPv6 addresses.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime for the lab's DNS server");
-    let (udp, tcp) = lab.relay.run(|| bind_pair(IpAddr::V4(MailLab::RELAY.v4)));
+    let (udp, tcp) = lab
+        .relay
+        .enter(|| bind_pair(IpAddr::V4(MailLab::RELAY.v4)))
+        .expect("entering the relay's namespace");
     let dns = runtime.block_on(async { TestDns::serve(udp, tcp) });
     let relay_v4 = MailLab::RELAY.v4.to_string();
     let relay_v6 = MailLab::RELAY.v6.to_string();

@@ -38,6 +38,24 @@ pub fn mxguard_output(netns: &crate::netns::Netns, args: &[&str]) -> std::proces
         .expect("running mxguard")
 }
 
+/// `mxguard status --json --interval 0 --pin-dir PIN_DIR EXTRA` inside `netns`, parsed; panics
+/// unless it succeeds and prints JSON.
+pub fn status_json(
+    netns: &crate::netns::Netns,
+    pin_dir: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["status", "--json", "--interval", "0", "--pin-dir", pin_dir];
+    args.extend_from_slice(extra);
+    let output = mxguard_output(netns, &args);
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+}
+
 /// A running child whose stderr lines are collected; SIGTERM then SIGKILL on drop.
 pub struct Daemon {
     child: Child,

@@ -10,10 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::{LpmTrie, Map, MapData, MapInfo, lpm_trie::Key},
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::{LpmTrie, Map, MapData, MapInfo, lpm_trie::Key};
 use filter_common::{Action, FamilyCounters};
 use filter_user::{
     cidr::Cidr,
@@ -25,8 +22,11 @@ use filter_user::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::frames::Frame;
-pub use crate::harness::{XDP_DROP, XDP_PASS};
+pub use crate::program::{XDP_DROP, XDP_PASS};
+use crate::{
+    frames::Frame,
+    program::{RunOptions, load_filter, test_run},
+};
 
 /// An engine asking `server` (with a short query timeout) about `names`, with `statics` as the
 /// static prefixes and the state file in `state_dir` (none without).
@@ -77,11 +77,10 @@ impl Rig {
 
     /// As [`Rig::start`], with `action` as the configured (`--action`) action.
     pub fn start_with<R: Resolve>(mut engine: DnsEngine<R>, action: Action, strict: bool) -> Rig {
-        crate::harness::require_root();
-        let mut filter = Filter::load().expect("loading the XDP program");
-        filter
-            .set_ports(&BTreeSet::from([25]), &BTreeSet::new())
-            .expect("protecting port 25");
+        crate::root::require_root();
+        // The allowlist and the action come from the enforcer, as in the daemon.
+        let mut filter = load_filter(&BTreeSet::from([25]), &[], None)
+            .unwrap_or_else(|error| panic!("{error:#}"));
         engine.restore();
         let initial = engine.wanted();
         let enforcer = Enforcer::start(&mut filter, &initial, action, strict).expect("first fill");
@@ -168,16 +167,14 @@ impl Rig {
 
     /// Runs one SYN from `src` to port 25 through the program; returns the XDP action.
     pub fn syn(&self, src: IpAddr) -> u32 {
-        let frame = Frame::syn(&src.to_string(), 25).bytes();
-        self.filter
-            .program()
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        let frame = Frame::tcp_from(src, 25, crate::frames::SYN).bytes();
+        let options = RunOptions {
+            output: false,
+            ..RunOptions::default()
+        };
+        test_run(self.filter.program().expect("program"), &frame, options)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+            .action
     }
 
     /// The program's counters, all families summed.

@@ -1,5 +1,7 @@
 //! Test frames built from etherparse's header types, with knobs for the shapes the verdict
 //! rule cares about (VLAN tags, IPv4 options, IPv6 extension chains, fragments, TCP flags).
+//! The IPv4 and TCP checksums are right, so a frame that gets past XDP is treated by the
+//! kernel like the real thing (the benchmark's flood relies on that).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -23,6 +25,10 @@ pub const TPID_8021AD: u16 = 0x88a8;
 /// The mail server: destination of every test frame.
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// Placeholder MACs: the server's, and the sender's unless a frame sets its own.
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 
 /// An IPv6 extension header in a chain.
 #[derive(Clone, Debug)]
@@ -107,17 +113,25 @@ pub struct Frame {
     pub protocol: u8,
     pub source_port: u16,
     pub destination_port: u16,
+    pub seq: u32,
+    pub ack_number: u32,
     pub flags: u8,
     pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
     /// Keep only this many bytes of the transport segment (lengths stay consistent).
     pub transport_len: Option<usize>,
+    pub source_mac: [u8; 6],
+    pub destination_mac: [u8; 6],
 }
 
 impl Frame {
     /// A TCP segment with `flags` from `source` (text) to the server's `port`.
     pub fn tcp(source: &str, port: u16, flags: u8) -> Frame {
-        let source: IpAddr = source.parse().expect("test source address");
+        Frame::tcp_from(source.parse().expect("test source address"), port, flags)
+    }
+
+    /// A TCP segment with `flags` from `source` to the server's `port`.
+    pub fn tcp_from(source: IpAddr, port: u16, flags: u8) -> Frame {
         let destination = match source {
             IpAddr::V4(_) => IpAddr::V4(SERVER_V4),
             IpAddr::V6(_) => IpAddr::V6(SERVER_V6),
@@ -132,10 +146,14 @@ impl Frame {
             protocol: 6,
             source_port: 40_000,
             destination_port: port,
+            seq: 1000,
+            ack_number: 0,
             flags,
             tcp_options: Vec::new(),
             payload: Vec::new(),
             transport_len: None,
+            source_mac: SENDER_MAC,
+            destination_mac: SERVER_MAC,
         }
     }
 
@@ -186,7 +204,8 @@ impl Frame {
     }
 
     fn transport(&self) -> Vec<u8> {
-        let mut tcp = TcpHeader::new(self.source_port, self.destination_port, 1000, 64_240);
+        let mut tcp = TcpHeader::new(self.source_port, self.destination_port, self.seq, 64_240);
+        tcp.acknowledgment_number = self.ack_number;
         tcp.fin = self.flags & FIN != 0;
         tcp.syn = self.flags & SYN != 0;
         tcp.rst = self.flags & RST != 0;
@@ -197,6 +216,16 @@ impl Frame {
         tcp.cwr = self.flags & CWR != 0;
         tcp.set_options_raw(&self.tcp_options)
             .expect("TCP options are a multiple of 4, at most 40 bytes");
+        tcp.checksum = match (self.source, self.destination) {
+            (IpAddr::V4(source), IpAddr::V4(destination)) => {
+                tcp.calc_checksum_ipv4_raw(source.octets(), destination.octets(), &self.payload)
+            }
+            (IpAddr::V6(source), IpAddr::V6(destination)) => {
+                tcp.calc_checksum_ipv6_raw(source.octets(), destination.octets(), &self.payload)
+            }
+            _ => panic!("source and destination must be the same family"),
+        }
+        .expect("TCP checksum");
         let mut bytes = tcp.to_bytes().to_vec();
         bytes.extend_from_slice(&self.payload);
         if let Some(len) = self.transport_len {
@@ -265,19 +294,36 @@ impl Frame {
             }
             _ => panic!("source and destination must be the same family"),
         };
-        ethernet(&self.vlans, ether_type, &network)
+        ethernet_between(
+            self.destination_mac,
+            self.source_mac,
+            &self.vlans,
+            ether_type,
+            &network,
+        )
     }
 }
 
-/// An Ethernet frame (with VLAN tags, outermost first) around `payload`.
+/// An Ethernet frame from the sender to the server (with VLAN tags, outermost first, any TPID)
+/// around `payload`.
 pub fn ethernet(vlans: &[u16], ether_type: EtherType, payload: &[u8]) -> Vec<u8> {
+    ethernet_between(SERVER_MAC, SENDER_MAC, vlans, ether_type, payload)
+}
+
+fn ethernet_between(
+    destination: [u8; 6],
+    source: [u8; 6],
+    vlans: &[u16],
+    ether_type: EtherType,
+    payload: &[u8],
+) -> Vec<u8> {
     let outer = vlans
         .first()
         .map(|tpid| EtherType(*tpid))
         .unwrap_or(ether_type);
     let mut bytes = Ethernet2Header {
-        source: [0x02, 0, 0, 0, 0, 0x0a],
-        destination: [0x02, 0, 0, 0, 0, 0x01],
+        source,
+        destination,
         ether_type: outer,
     }
     .to_bytes()

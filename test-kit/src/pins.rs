@@ -13,7 +13,7 @@ pub struct TestPins {
 
 impl TestPins {
     pub fn new() -> TestPins {
-        crate::harness::require_root();
+        crate::root::require_root();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!(
             "/sys/fs/bpf/mxguard-test-{}-{id}",

@@ -1,30 +1,18 @@
 //! Runs frames through the loaded XDP program (BPF_PROG_TEST_RUN) and through the reference
-//! classifier (`filter_user::reference`), and reports any difference: verdict, counter row and
+//! classifier (`verdict-reference`), and reports any difference: verdict, counter row and
 //! counter, and the bytes of a passed frame.
 
-use std::{collections::BTreeSet, fmt::Write as _};
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
 
-use anyhow::Context as _;
-use aya::programs::{TestRun, TestRunOptions};
-use filter_common::{Family, FamilyCounters};
-use filter_user::{
-    cidr::Cidr,
-    filter::{Counters, Filter},
-    reference::{self, Counter, Policy, Rule, RuleAction, Verdict},
-};
+use filter_common::{Counter, Counters, Family};
+use filter_user::{cidr::Cidr, filter::Filter};
+use verdict_reference::{self as reference, Policy, Prefix, Rule, RuleAction, Verdict};
 
-use crate::harness::{XDP_DROP, XDP_PASS};
+use crate::program::{Run, RunOptions, XDP_DROP, XDP_PASS, load_filter, test_run, xdp_name};
 
 /// BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header (EINVAL), so frames
 /// under this length are judged by the reference alone.
 pub const MIN_TEST_RUN_LEN: usize = 14;
-
-/// The program's answer for one frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProgramRun {
-    pub return_value: u32,
-    pub output: Vec<u8>,
-}
 
 /// A loaded program and the policy it was configured with.
 pub struct Differential {
@@ -40,15 +28,15 @@ impl Differential {
     /// Loads the program and configures it with `policy`. Each instance has its own maps, so
     /// tests running in parallel threads do not see each other's counters.
     pub fn new(policy: Policy) -> anyhow::Result<Self> {
-        crate::harness::require_root();
-        let mut filter = Filter::load()?;
-        filter.set_ports(&policy.ports, &BTreeSet::new())?;
-        // `allow`, not `sync_allowlist`: a policy may hold a non-canonical entry on purpose
-        // (an IPv4-mapped prefix in the IPv6 trie), which must reach the trie as it is.
-        for cidr in &policy.allow {
-            filter.allow(cidr)?;
-        }
-        filter.set_action(policy.action.into())?;
+        crate::root::require_root();
+        // As the policy has them: a policy may hold a non-canonical entry on purpose (an
+        // IPv4-mapped prefix in the IPv6 trie), which must reach the trie as it is.
+        let allow: Vec<Cidr> = policy
+            .allow
+            .iter()
+            .map(|prefix| loader_cidr(*prefix))
+            .collect();
+        let filter = load_filter(&policy.ports, &allow, Some(policy.action.into()))?;
         let counters = filter.counters()?;
         Ok(Differential {
             filter,
@@ -63,22 +51,8 @@ impl Differential {
     }
 
     /// Runs `frame` once through the program.
-    pub fn run(&self, frame: &[u8]) -> anyhow::Result<ProgramRun> {
-        let mut output = vec![0u8; frame.len() + 256];
-        let result = self
-            .filter
-            .program()?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut output),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN on {} bytes", frame.len()))?;
-        output.truncate(result.data_size_out as usize);
-        Ok(ProgramRun {
-            return_value: result.return_value,
-            output,
-        })
+    pub fn run(&self, frame: &[u8]) -> anyhow::Result<Run> {
+        test_run(self.filter.program()?, frame, RunOptions::default())
     }
 
     /// Compares program and reference on `frame`. With `check_counters`, also reads the
@@ -92,7 +66,7 @@ impl Differential {
             let short = Verdict {
                 pass: true,
                 family: Family::Other,
-                counter: Counter::Malformed,
+                counter: Some(Counter::Malformed),
             };
             return if expected == short {
                 Ok((expected, rule))
@@ -121,11 +95,11 @@ impl Differential {
         let run = self.run(frame).map_err(|error| format!("{error:#}"))?;
         expected.count(&mut self.pending);
         let want = if expected.pass { XDP_PASS } else { XDP_DROP };
-        if run.return_value != want {
+        if run.action != want {
             return Err(format!(
                 "program returned {} ({}), reference says {expected:?}",
-                run.return_value,
-                xdp_name(run.return_value)
+                run.action,
+                xdp_name(run.action)
             ));
         }
         if expected.pass && run.output != frame {
@@ -157,17 +131,10 @@ impl Differential {
         let mut delta = Counters::default();
         for family in Family::ALL {
             let (after, before) = (now.family(family), self.counters.family(family));
-            // Every field by name, no `..`: a counter added later fails to compile here
-            // instead of going unchecked.
-            delta.0[family as usize] = FamilyCounters {
-                frames: after.frames - before.frames,
-                syn_allowed: after.syn_allowed - before.syn_allowed,
-                syn_dropped: after.syn_dropped - before.syn_dropped,
-                syn_would_drop: after.syn_would_drop - before.syn_would_drop,
-                syn_rejected: after.syn_rejected - before.syn_rejected,
-                evasive_dropped: after.evasive_dropped - before.evasive_dropped,
-                malformed: after.malformed - before.malformed,
-            };
+            let row = delta.family_mut(family);
+            for counter in Counter::ALL {
+                row.values[counter as usize] = after.get(counter) - before.get(counter);
+            }
         }
         let expected = std::mem::take(&mut self.pending);
         self.counters = now;
@@ -181,14 +148,17 @@ impl Differential {
     }
 }
 
-fn xdp_name(value: u32) -> &'static str {
-    match value {
-        0 => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "unknown",
+/// The loader's prefix for a reference prefix, bit for bit (no canonical form imposed).
+fn loader_cidr(prefix: Prefix) -> Cidr {
+    match prefix.addr {
+        IpAddr::V4(addr) => Cidr::V4 {
+            addr,
+            prefix_len: prefix.len,
+        },
+        IpAddr::V6(addr) => Cidr::V6 {
+            addr,
+            prefix_len: prefix.len,
+        },
     }
 }
 
@@ -233,7 +203,7 @@ pub fn regression_snippet(frame: &[u8], policy: &Policy, reason: &str) -> String
 /// The policy the differential tests run under: prefixes with distinct edges in both families,
 /// several protected ports including the extremes, and a trap for IPv4-mapped sources.
 pub fn test_policy(action: RuleAction) -> Policy {
-    let mut allow: BTreeSet<Cidr> = [
+    let mut allow: BTreeSet<Prefix> = [
         "192.0.2.0/25",
         "198.51.100.7/32",
         "198.51.100.64/31",
@@ -246,10 +216,10 @@ pub fn test_policy(action: RuleAction) -> Policy {
     .collect();
     // An IPv4-mapped prefix in the IPv6 trie: the rule looks mapped sources up in the IPv4
     // list only, so ::ffff:203.0.113.x must NOT be allowed by this entry.
-    allow.insert(Cidr::V6 {
-        addr: "::ffff:203.0.113.0".parse().expect("address"),
-        prefix_len: 120,
-    });
+    allow.insert(Prefix::new(
+        "::ffff:203.0.113.0".parse().expect("address"),
+        120,
+    ));
     Policy {
         ports: [1, 25, 587, 65535].into(),
         allow,
