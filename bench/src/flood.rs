@@ -25,11 +25,11 @@ use filter_user::{
     filter::{AttachMode, Filter},
 };
 use serde::Serialize;
+use test_kit::netns::{self, Netns};
 
 use crate::{
     BENCH_OBJECT,
     micro::load_mxguard,
-    netns::{self, Netns},
     replay::Replayer,
     stats::Summary,
     traffic::{self, SERVER_V4, SERVER_V6},

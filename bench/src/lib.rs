@@ -4,7 +4,6 @@
 
 pub mod flood;
 pub mod micro;
-pub mod netns;
 pub mod pcap;
 pub mod replay;
 pub mod report;
@@ -12,6 +11,7 @@ pub mod stats;
 pub mod traffic;
 
 use anyhow::Context as _;
+use test_kit::netns;
 
 /// The reference programs (`bench-ebpf`: `bench_pass`, `bench_drop`), built by `build.rs`.
 pub static BENCH_OBJECT: &[u8] =

@@ -10,10 +10,11 @@ use anyhow::{Context as _, bail};
 use bench::{
     flood::{self, Case, FloodOptions},
     micro::{self, MicroOptions},
-    netns, pcap, report,
+    pcap, report,
     traffic::{self, Class},
 };
 use clap::Parser;
+use test_kit::{netns, root::ensure_root};
 
 #[derive(Parser)]
 #[command(
@@ -50,16 +51,13 @@ const SEED: u64 = 0x6d78_6775_6172_6425;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the benchmark loads XDP programs and creates namespaces: run it as root");
-    }
+    ensure_root("the benchmark")?;
     let started = Instant::now();
     netns::sweep_stale();
     netns::install_signal_cleanup()?;
     bench::ensure_bpffs()?;
     for tool in [
         "ip",
-        "nsenter",
         "bpftool",
         "xdp-filter",
         "iptables-restore",

@@ -13,21 +13,19 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::{
-    Ebpf,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
+use aya::{Ebpf, programs::Xdp};
 use filter_user::{cidr::Cidr, filter::Filter};
 use serde::Serialize;
+use test_kit::{
+    netns::{self, Netns},
+    program::{RunOptions, XDP_DROP, load_filter, test_run},
+};
 
 use crate::{
     BENCH_OBJECT,
-    netns::{self, Netns},
     stats::Summary,
     traffic::{self, Class},
 };
-
-pub const XDP_DROP: u32 = 1;
 /// SCHED_FIFO priority of the measuring thread (see `crate::set_fifo`).
 const MEASURE_PRIORITY: i32 = 30;
 
@@ -107,14 +105,13 @@ impl Runner<'_> {
     ) -> anyhow::Result<(u32, f64)> {
         match self {
             Runner::Aya(program) => {
-                let result = program
-                    .test_run(TestRunOptions {
-                        data_in: Some(frame),
-                        repeat,
-                        ..TestRunOptions::new()
-                    })
-                    .context("BPF_PROG_TEST_RUN")?;
-                Ok((result.return_value, result.duration.as_nanos() as f64))
+                // The verdict is all that is checked; no copy of the frame back.
+                let options = RunOptions {
+                    repeat,
+                    output: false,
+                };
+                let run = test_run(program, frame, options)?;
+                Ok((run.action, run.duration.as_nanos() as f64))
             }
             Runner::Bpftool { id, dir } => {
                 let path = frame_file(dir, class, index);
@@ -224,13 +221,7 @@ pub fn attached_prog_id(netns: &Netns, iface: &str) -> anyhow::Result<u32> {
 
 /// Loads mxguard with port 25 protected and `allow` allowlisted.
 pub fn load_mxguard(allow: &[Cidr]) -> anyhow::Result<Filter> {
-    let mut filter = Filter::load().context("loading mxguard")?;
-    filter.set_ports(&BTreeSet::from([traffic::SMTP]), &BTreeSet::new())?;
-    let set: BTreeSet<Cidr> = allow.iter().copied().collect();
-    filter
-        .sync_allowlist(&set)
-        .with_context(|| format!("loading {} prefixes", set.len()))?;
-    Ok(filter)
+    load_filter(&BTreeSet::from([traffic::SMTP]), allow, None).context("loading mxguard")
 }
 
 pub fn run(

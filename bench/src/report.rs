@@ -47,7 +47,7 @@ impl Machine {
                     name => name.to_string(),
                 }
             });
-        let date = crate::netns::run(
+        let date = test_kit::netns::run(
             std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
         )
         .unwrap_or_default();

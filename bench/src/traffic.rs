@@ -5,16 +5,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{IpNumber, Ipv4Header, Ipv6Header, TcpHeader};
 use filter_user::cidr::Cidr;
+use test_kit::frames::{ACK, Ext, Frame, PSH, SYN, TPID_8021AD, TPID_8021Q};
+pub use test_kit::frames::{SERVER_MAC, SERVER_V4, SERVER_V6};
 
-pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// The protected port.
 pub const SMTP: u16 = 25;
 
-/// Placeholder MACs; the replayer rewrites them to the veth pair's real ones.
-pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// Placeholder MAC of the sending side; the replayer rewrites it to the veth peer's real one.
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 /// The filtering service's relays: the first prefixes of every generated allowlist, so the
@@ -72,149 +70,22 @@ impl Rng {
     }
 }
 
-/// A TCP segment to put in a frame.
-#[derive(Clone, Debug)]
-pub struct Segment {
-    pub source: IpAddr,
-    pub destination: IpAddr,
-    pub source_port: u16,
-    pub destination_port: u16,
-    pub seq: u32,
-    pub ack: u32,
-    pub syn: bool,
-    pub ack_flag: bool,
-    pub psh: bool,
-    /// A Linux-like SYN option block (MSS, SACK permitted, timestamps, window scale).
-    pub syn_options: bool,
-    pub payload: Vec<u8>,
-}
+/// A Linux-like SYN option block: MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
+const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 1, 3, 3, 7,
+];
 
-impl Segment {
-    pub fn syn(source: IpAddr, port: u16, rng: &mut Rng) -> Segment {
-        let destination = match source {
-            IpAddr::V4(_) => IpAddr::V4(SERVER_V4),
-            IpAddr::V6(_) => IpAddr::V6(SERVER_V6),
-        };
-        Segment {
-            source,
-            destination,
-            source_port: 1024 + rng.below(64_000) as u16,
-            destination_port: port,
-            seq: rng.next_u64() as u32,
-            ack: 0,
-            syn: true,
-            ack_flag: false,
-            psh: false,
-            syn_options: true,
-            payload: Vec::new(),
-        }
-    }
-}
-
-/// IPv6 extension headers placed between the IPv6 header and TCP in worst-case frames.
-#[derive(Clone, Copy, Debug)]
-pub enum Ext {
-    HopByHop,
-    DestOpts,
-    Routing,
-}
-
-/// Builds an Ethernet frame (optionally with VLAN tags, outermost first, and IPv6 extension
-/// headers) around `segment`, with correct IPv4 and TCP checksums so a kernel that gets the
-/// frame past XDP treats it like the real thing.
-pub fn frame(vlans: &[u16], ext: &[Ext], segment: &Segment) -> Vec<u8> {
-    let mut tcp = TcpHeader::new(
-        segment.source_port,
-        segment.destination_port,
-        segment.seq,
-        64_240,
-    );
-    tcp.syn = segment.syn;
-    tcp.ack = segment.ack_flag;
-    tcp.psh = segment.psh;
-    tcp.acknowledgment_number = segment.ack;
-    if segment.syn_options {
-        // MSS 1460, SACK permitted, timestamps, NOP, window scale 7: what Linux sends.
-        let options = [
-            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 1, 3, 3, 7,
-        ];
-        tcp.set_options_raw(&options).expect("20 bytes of options");
-    }
-    let (ether_type, network) = match (segment.source, segment.destination) {
-        (IpAddr::V4(source), IpAddr::V4(destination)) => {
-            let mut ip = Ipv4Header::new(
-                (tcp.header_len() + segment.payload.len()) as u16,
-                64,
-                IpNumber::TCP,
-                source.octets(),
-                destination.octets(),
-            )
-            .expect("IPv4 header");
-            ip.header_checksum = ip.calc_header_checksum();
-            tcp.checksum = tcp
-                .calc_checksum_ipv4(&ip, &segment.payload)
-                .expect("checksum");
-            let mut bytes = ip.to_bytes().to_vec();
-            bytes.extend_from_slice(&tcp.to_bytes());
-            bytes.extend_from_slice(&segment.payload);
-            (0x0800u16, bytes)
-        }
-        (IpAddr::V6(source), IpAddr::V6(destination)) => {
-            let mut chain = Vec::new();
-            for (index, header) in ext.iter().enumerate() {
-                let next = ext.get(index + 1).map(ext_number).unwrap_or(6);
-                let mut bytes = vec![0u8; 8];
-                bytes[0] = next;
-                match header {
-                    // Segment routing, segments left 0: ignored by the kernel.
-                    Ext::Routing => bytes[2] = 4,
-                    // One PadN option filling the header.
-                    Ext::HopByHop | Ext::DestOpts => {
-                        bytes[2] = 1;
-                        bytes[3] = 4;
-                    }
-                }
-                chain.extend(bytes);
-            }
-            let ip = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Default::default(),
-                payload_length: (chain.len() + tcp.header_len() + segment.payload.len()) as u16,
-                next_header: IpNumber(ext.first().map(ext_number).unwrap_or(6)),
-                hop_limit: 64,
-                source: source.octets(),
-                destination: destination.octets(),
-            };
-            tcp.checksum = tcp
-                .calc_checksum_ipv6(&ip, &segment.payload)
-                .expect("checksum");
-            let mut bytes = ip.to_bytes().to_vec();
-            bytes.extend(chain);
-            bytes.extend_from_slice(&tcp.to_bytes());
-            bytes.extend_from_slice(&segment.payload);
-            (0x86ddu16, bytes)
-        }
-        _ => unreachable!("segments are built with one family"),
-    };
-    // Destination, source, then each tag (TPID, TCI) and the ethertype after the last one.
-    let mut out = Vec::with_capacity(14 + 4 * vlans.len() + network.len());
-    out.extend_from_slice(&SERVER_MAC);
-    out.extend_from_slice(&PEER_MAC);
-    for (index, tpid) in vlans.iter().enumerate() {
-        out.extend_from_slice(&tpid.to_be_bytes());
-        out.extend_from_slice(&(100 + index as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&ether_type.to_be_bytes());
-    out.extend_from_slice(&network);
-    out
-}
-
-fn ext_number(ext: &Ext) -> u8 {
-    match ext {
-        Ext::HopByHop => 0,
-        Ext::DestOpts => 60,
-        Ext::Routing => 43,
-    }
+/// A SYN (with Linux's options) from `source` to the server's `port`, from a random source
+/// port with a random sequence number. The frames only ever go from the sender's namespace to
+/// the server's: the replayer rewrites the placeholder MACs to the veth pair's real ones.
+pub fn syn(source: IpAddr, port: u16, rng: &mut Rng) -> Frame {
+    let mut frame = Frame::tcp_from(source, port, SYN);
+    frame.source_port = 1024 + rng.below(64_000) as u16;
+    frame.seq = rng.next_u64() as u32;
+    frame.tcp_options = LINUX_SYN_OPTIONS.to_vec();
+    frame.source_mac = PEER_MAC;
+    frame.destination_mac = SERVER_MAC;
+    frame
 }
 
 /// A named set of frames: one traffic class of the benchmark.
@@ -233,13 +104,13 @@ pub fn classes(count: usize, seed: u64) -> Vec<Class> {
     let flood_v4 = (0..count)
         .map(|_| {
             let source = IpAddr::V4(rng.unicast_v4());
-            frame(&[], &[], &Segment::syn(source, SMTP, &mut rng))
+            syn(source, SMTP, &mut rng).bytes()
         })
         .collect();
     let flood_v6 = (0..count)
         .map(|_| {
             let source = IpAddr::V6(rng.unicast_v6());
-            frame(&[], &[], &Segment::syn(source, SMTP, &mut rng))
+            syn(source, SMTP, &mut rng).bytes()
         })
         .collect();
     // Spoofed from inside the relays' /24s: the adversarial case for the fast path, where the
@@ -252,7 +123,7 @@ pub fn classes(count: usize, seed: u64) -> Vec<Class> {
                 [203, 0, 113]
             };
             let source = Ipv4Addr::new(block[0], block[1], block[2], rng.below(256) as u8);
-            frame(&[], &[], &Segment::syn(IpAddr::V4(source), SMTP, &mut rng))
+            syn(IpAddr::V4(source), SMTP, &mut rng).bytes()
         })
         .collect();
     let mix = (0..count).map(|i| mixed_frame(i, &mut rng)).collect();
@@ -271,21 +142,20 @@ pub fn classes(count: usize, seed: u64) -> Vec<Class> {
                 0,
                 rng.below(0x10000) as u16 | 1,
             );
-            let chain = [
-                Ext::HopByHop,
-                Ext::DestOpts,
-                Ext::Routing,
-                Ext::DestOpts,
-                Ext::Routing,
-                Ext::DestOpts,
-                Ext::Routing,
-                Ext::DestOpts,
+            let mut frame = syn(IpAddr::V6(source), SMTP, &mut rng);
+            frame.vlans = vec![TPID_8021AD, TPID_8021Q];
+            // Eight 8-byte headers: the walk bound, each as short as its type allows.
+            frame.ipv6_ext = vec![
+                Ext::HopByHop { units: 0 },
+                Ext::DestOpts { units: 0 },
+                Ext::Routing { units: 0 },
+                Ext::DestOpts { units: 0 },
+                Ext::Routing { units: 0 },
+                Ext::DestOpts { units: 0 },
+                Ext::Routing { units: 0 },
+                Ext::DestOpts { units: 0 },
             ];
-            frame(
-                &[0x88a8, 0x8100],
-                &chain,
-                &Segment::syn(IpAddr::V6(source), SMTP, &mut rng),
-            )
+            frame.bytes()
         })
         .collect();
     vec![
@@ -352,39 +222,38 @@ fn mixed_frame(index: usize, rng: &mut Rng) -> Vec<u8> {
         }
     };
     let roll = rng.below(100);
-    let segment = match roll {
+    let frame = match roll {
         // Relay SYNs: allowlisted, pass.
-        0..10 => Segment::syn(relay(rng), SMTP, rng),
+        0..10 => syn(relay(rng), SMTP, rng),
         // Established flows: relays sending mail data (ACK+PSH with payload) and pure ACKs.
         10..60 => {
-            let mut segment = Segment::syn(relay(rng), SMTP, rng);
-            segment.syn = false;
-            segment.ack_flag = true;
-            segment.syn_options = false;
-            segment.ack = rng.next_u64() as u32;
+            let mut frame = syn(relay(rng), SMTP, rng);
+            frame.flags = ACK;
+            frame.tcp_options.clear();
+            frame.ack_number = rng.next_u64() as u32;
             if roll < 45 {
-                segment.psh = true;
-                segment.payload = vec![b'x'; 64 + rng.below(1200) as usize];
+                frame.flags |= PSH;
+                frame.payload = vec![b'x'; 64 + rng.below(1200) as usize];
             }
-            segment
+            frame
         }
         // SYN-ACKs answering the server's own outgoing mail (source port 25).
         60..70 => {
-            let mut segment = Segment::syn(random(rng), 32_768 + rng.below(28_000) as u16, rng);
-            segment.source_port = SMTP;
-            segment.ack_flag = true;
-            segment.ack = rng.next_u64() as u32;
-            segment
+            let mut frame = syn(random(rng), 32_768 + rng.below(28_000) as u16, rng);
+            frame.source_port = SMTP;
+            frame.flags |= ACK;
+            frame.ack_number = rng.next_u64() as u32;
+            frame
         }
         // Other services: submission, SSH, HTTPS.
         70..80 => {
             let port = [587, 22, 443][rng.below(3) as usize];
-            Segment::syn(random(rng), port, rng)
+            syn(random(rng), port, rng)
         }
         // The flood share.
-        _ => Segment::syn(random(rng), SMTP, rng),
+        _ => syn(random(rng), SMTP, rng),
     };
-    frame(&[], &[], &segment)
+    frame.bytes()
 }
 
 /// An allowlist of `size` prefixes: the [`RELAYS`] first, then random prefixes of mixed
@@ -469,7 +338,11 @@ mod tests {
         let Some(etherparse::NetSlice::Ipv6(ip)) = parsed.net else {
             panic!("not IPv6");
         };
-        assert_eq!(ip.extensions().first_header(), Some(IpNumber(0)));
+        assert_eq!(
+            ip.extensions().first_header(),
+            Some(etherparse::IpNumber(0)),
+            "the chain starts with hop-by-hop options"
+        );
     }
 
     #[test]

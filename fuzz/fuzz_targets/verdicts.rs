@@ -7,9 +7,9 @@
 
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use filter_user::reference::RuleAction;
 use libfuzzer_sys::fuzz_target;
-use tests::differential::{Differential, regression_snippet, test_policy};
+use test_kit::differential::{Differential, regression_snippet, test_policy};
+use verdict_reference::RuleAction;
 
 /// Longest frame fed to the program: a 1500-byte MTU, the Ethernet header and two VLAN tags.
 /// BPF_PROG_TEST_RUN refuses XDP input much past a page, and nothing longer reaches XDP on a

@@ -3,10 +3,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use tests::{
-    netns::MailLab,
+use test_kit::{
+    lab::MailLab,
     pins::TestPins,
-    process::{Daemon, mxguard_bin, mxguard_output as mxguard},
+    process::{Daemon, mxguard_bin, mxguard_output as mxguard, status_json},
 };
 
 /// A config file in a private temporary directory, removed on drop.
@@ -183,18 +183,7 @@ fn sighup_applies_a_good_config_and_rejects_a_bad_one() {
     lab.direct
         .connect(smtp(2525), Duration::from_secs(3))
         .expect("direct now allowlisted");
-    let status = mxguard(
-        &lab.server,
-        &[
-            "status",
-            "--json",
-            "--interval",
-            "0",
-            "--pin-dir",
-            pins.arg(),
-        ],
-    );
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = status_json(&lab.server, pins.arg(), &[]);
     assert_eq!(status["ports"], serde_json::json!([2525]));
     assert_eq!(
         status["allowlist"],

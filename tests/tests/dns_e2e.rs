@@ -8,11 +8,12 @@ use std::{
     time::Duration,
 };
 
-use tests::{
+use test_kit::{
     dns_server::{TestDns, bind_pair},
-    netns::{MailLab, Netns, assert_connects, assert_times_out},
+    lab::MailLab,
+    netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
-    process::{Daemon, mxguard_bin},
+    process::{Daemon, mxguard_bin, status_json},
 };
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -73,7 +74,8 @@ fn dns_answers_decide_who_reaches_port_25() {
         .expect("tokio runtime");
     let (udp, tcp) = lab
         .server
-        .run(|| bind_pair("127.0.0.1".parse().expect("loopback")));
+        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
+        .expect("entering the server's namespace");
     let mut dns = {
         let _inside = runtime.enter();
         TestDns::serve(udp, tcp)
@@ -154,7 +156,8 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
         .expect("tokio runtime");
     let (udp, tcp) = lab
         .server
-        .run(|| bind_pair("127.0.0.1".parse().expect("loopback")));
+        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
+        .expect("entering the server's namespace");
     let mut dns = {
         let _inside = runtime.enter();
         TestDns::serve(udp, tcp)
@@ -181,20 +184,8 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
     });
     assert!(first.stop().success());
     // Status names where each entry comes from, from the state file.
-    let status = tests::process::mxguard_output(
-        &lab.server,
-        &[
-            "status",
-            "--json",
-            "--interval",
-            "0",
-            "--pin-dir",
-            pins.arg(),
-            "--state-dir",
-            state_dir.0.to_str().unwrap(),
-        ],
-    );
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let state_arg = state_dir.0.to_str().unwrap();
+    let status = status_json(&lab.server, pins.arg(), &["--state-dir", state_arg]);
     let origin = &status["allowlist_origins"][0];
     assert_eq!(origin["prefix"], "192.0.2.10/32", "{status:#}");
     assert_eq!(origin["origin"], "dns", "{status:#}");

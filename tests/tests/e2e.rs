@@ -7,8 +7,9 @@ use std::{
     time::Duration,
 };
 
-use tests::{
-    netns::{MailLab, Netns, assert_connects, assert_times_out},
+use test_kit::{
+    lab::MailLab,
+    netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
     process::{Daemon, mxguard_bin},
 };
@@ -339,21 +340,23 @@ fn monitor_action_passes_everything_and_counts_would_be_drops() {
 
 /// GET /metrics from inside `netns`.
 fn scrape(netns: &Netns, addr: SocketAddr) -> String {
-    netns.run(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .expect("metrics port");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default()
-    })
+    netns
+        .enter(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .expect("metrics port");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default()
+        })
+        .expect("entering the namespace")
 }
 
 #[test]

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use filter_user::cidr::Cidr;
-use tests::{
+use test_kit::{
     frames::Frame,
-    harness::{Harness, XDP_DROP, XDP_PASS},
+    program::{Harness, XDP_DROP, XDP_PASS},
 };
 
 fn cidr(text: &str) -> Cidr {
@@ -164,7 +164,7 @@ fn a_prefix_on_a_word_boundary_of_the_bitmap() {
 #[test]
 fn a_reload_over_pinned_maps_rebuilds_the_bitmaps_from_the_tries() {
     use filter_user::{filter::Filter, pins::PinDir};
-    tests::harness::require_root();
+    test_kit::root::require_root();
     let root = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/mxguard-test-fastpath-{}",
         std::process::id()

@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use tests::{
-    netns::MailLab,
+use test_kit::{
+    lab::MailLab,
     pins::TestPins,
     process::{Daemon, mxguard_bin, mxguard_output as mxguard},
 };
@@ -139,23 +139,7 @@ impl Drop for ConnectLoops {
 }
 
 fn status_json(lab: &MailLab, pins: &TestPins) -> serde_json::Value {
-    let output = mxguard(
-        &lab.server,
-        &[
-            "status",
-            "--json",
-            "--interval",
-            "0",
-            "--pin-dir",
-            pins.arg(),
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    test_kit::process::status_json(&lab.server, pins.arg(), &[])
 }
 
 fn counter(status: &serde_json::Value, family: &str, field: &str) -> u64 {

@@ -5,15 +5,12 @@
 //! Frames printed by a failing differential run (`from_hex("...")`) belong at the end, in
 //! `found_by_the_differential_test`.
 
-use filter_common::Family;
-use filter_user::{
-    cidr::Cidr,
-    reference::{self, Counter, Policy, RuleAction, Verdict},
-};
-use tests::{
+use filter_common::{Counter, Family};
+use test_kit::{
     differential::{Differential, from_hex},
     frames::*,
 };
+use verdict_reference::{self as reference, Policy, Prefix, RuleAction, Verdict};
 
 const RELAY_V4: &str = "198.51.100.7";
 const SPAM_V4: &str = "203.0.113.66";
@@ -41,12 +38,12 @@ enum Expect {
 impl Expect {
     fn verdict(self, family: Family) -> Verdict {
         let (pass, counter) = match self {
-            Expect::Pass => (true, Counter::None),
-            Expect::Allowed => (true, Counter::SynAllowed),
-            Expect::Dropped => (false, Counter::SynDropped),
-            Expect::Evasive => (false, Counter::EvasiveDropped),
-            Expect::WouldDrop => (true, Counter::SynWouldDrop),
-            Expect::Malformed => (true, Counter::Malformed),
+            Expect::Pass => (true, None),
+            Expect::Allowed => (true, Some(Counter::SynAllowed)),
+            Expect::Dropped => (false, Some(Counter::SynDropped)),
+            Expect::Evasive => (false, Some(Counter::EvasiveDropped)),
+            Expect::WouldDrop => (true, Some(Counter::SynWouldDrop)),
+            Expect::Malformed => (true, Some(Counter::Malformed)),
         };
         Verdict {
             pass,
@@ -417,11 +414,7 @@ fn ipv4_mapped_ipv6_sources() {
     v6_everything.expect("::/0, mapped", &mapped_spam, Ipv6, Dropped);
     let mut trap = Check::policy(Policy {
         ports: [25].into(),
-        allow: [Cidr::V6 {
-            addr: "::ffff:203.0.113.0".parse().unwrap(),
-            prefix_len: 120,
-        }]
-        .into(),
+        allow: [Prefix::new("::ffff:203.0.113.0".parse().unwrap(), 120)].into(),
         action: RuleAction::Drop,
     });
     trap.expect("mapped entry in the v6 trie", &mapped_spam, Ipv6, Dropped);

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use filter_common::{Action, Family, FamilyCounters};
-use tests::{
+use filter_common::{Action, Counter, Family, FamilyCounters};
+use test_kit::{
     frames::*,
-    harness::{Harness, XDP_DROP, XDP_PASS},
+    program::{Harness, XDP_DROP, XDP_PASS},
 };
 
 const RELAY_V4: &str = "198.51.100.7";
@@ -16,16 +16,8 @@ const RELAY_V6: &str = "2001:db8:1::7";
 const SPAM_V6: &str = "2001:db8:bad::66";
 const ALLOW: &[&str] = &["198.51.100.0/24", "2001:db8:1::/48"];
 
-/// Which counter a frame must bump (besides `frames`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bumps {
-    Nothing,
-    Allowed,
-    Dropped,
-    WouldDrop,
-    Evasive,
-    Malformed,
-}
+/// Which counter a frame must bump besides `frames`; `None` for none.
+type Bumps = Option<Counter>;
 
 struct Case {
     name: &'static str,
@@ -46,43 +38,38 @@ fn case(name: &'static str, frame: Vec<u8>, action: u32, family: Family, bumps: 
 }
 
 fn pass(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
-    case(name, frame, XDP_PASS, family, Bumps::Nothing)
+    case(name, frame, XDP_PASS, family, None)
 }
 
 fn allowed(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
-    case(name, frame, XDP_PASS, family, Bumps::Allowed)
+    case(name, frame, XDP_PASS, family, Some(Counter::SynAllowed))
 }
 
 fn dropped(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
-    case(name, frame, XDP_DROP, family, Bumps::Dropped)
+    case(name, frame, XDP_DROP, family, Some(Counter::SynDropped))
 }
 
 fn evasive(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
-    case(name, frame, XDP_DROP, family, Bumps::Evasive)
+    case(name, frame, XDP_DROP, family, Some(Counter::EvasiveDropped))
 }
 
 fn malformed(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
-    case(name, frame, XDP_PASS, family, Bumps::Malformed)
+    case(name, frame, XDP_PASS, family, Some(Counter::Malformed))
 }
 
+/// How much `frames` moved, the first other counter that moved (`None` if none did), and how
+/// much all the other counters moved together.
 fn delta(before: &FamilyCounters, after: &FamilyCounters) -> (u64, Bumps, u64) {
-    let changes = [
-        (after.syn_allowed - before.syn_allowed, Bumps::Allowed),
-        (after.syn_dropped - before.syn_dropped, Bumps::Dropped),
-        (
-            after.syn_would_drop - before.syn_would_drop,
-            Bumps::WouldDrop,
-        ),
-        (
-            after.evasive_dropped - before.evasive_dropped,
-            Bumps::Evasive,
-        ),
-        (after.malformed - before.malformed, Bumps::Malformed),
-    ];
+    let changes: Vec<(u64, Counter)> = Counter::ALL
+        .into_iter()
+        .filter(|&counter| counter != Counter::Frames)
+        .map(|counter| (after.get(counter) - before.get(counter), counter))
+        .collect();
     let bumped: Vec<_> = changes.iter().filter(|(n, _)| *n > 0).collect();
     let total: u64 = bumped.iter().map(|(n, _)| n).sum();
-    let which = bumped.first().map(|(_, b)| *b).unwrap_or(Bumps::Nothing);
-    (after.frames - before.frames, which, total)
+    let which = bumped.first().map(|(_, counter)| *counter);
+    let frames = after.get(Counter::Frames) - before.get(Counter::Frames);
+    (frames, which, total)
 }
 
 /// Runs every case, collecting all mismatches before failing.
@@ -707,7 +694,7 @@ fn monitor_action_passes_and_counts_would_be_drops() {
                 syn(SPAM_V4).bytes(),
                 XDP_PASS,
                 Family::Ipv4,
-                Bumps::WouldDrop,
+                Some(Counter::SynWouldDrop),
             ),
             case(
                 "tiny fragment",
@@ -719,7 +706,7 @@ fn monitor_action_passes_and_counts_would_be_drops() {
                     .bytes(),
                 XDP_PASS,
                 Family::Ipv6,
-                Bumps::WouldDrop,
+                Some(Counter::SynWouldDrop),
             ),
             allowed("relay", syn(RELAY_V4).bytes(), Family::Ipv4),
         ],
@@ -875,13 +862,13 @@ fn reject_action_answers_with_a_valid_rst() {
         ),
     ];
     for (name, frame) in &cases {
-        let before = harness.counters(Family::Ipv4).syn_rejected
-            + harness.counters(Family::Ipv6).syn_rejected;
+        let before = harness.counters(Family::Ipv4).get(Counter::SynRejected)
+            + harness.counters(Family::Ipv6).get(Counter::SynRejected);
         let run = harness.run(frame);
         assert_eq!(run.action, XDP_TX, "{name}");
         assert_valid_rst(name, frame, &run.output);
-        let after = harness.counters(Family::Ipv4).syn_rejected
-            + harness.counters(Family::Ipv6).syn_rejected;
+        let after = harness.counters(Family::Ipv4).get(Counter::SynRejected)
+            + harness.counters(Family::Ipv6).get(Counter::SynRejected);
         assert_eq!(after, before + 1, "{name}: syn_rejected counted");
     }
     // Allowed, unprotected and evasive frames are not answered.
@@ -917,5 +904,9 @@ fn reject_is_rate_limited_per_cpu() {
     let actions: Vec<u32> = (0..5).map(|_| harness.run(&frame).action).collect();
     assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
     let row = harness.counters(Family::Ipv4);
-    assert_eq!((row.syn_rejected, row.syn_dropped), (3, 2));
+    assert_eq!(
+        (row.get(Counter::SynRejected), row.get(Counter::SynDropped)),
+        (3, 2),
+        "three RSTs within the rate limit, the other two dropped"
+    );
 }

@@ -6,7 +6,7 @@ use std::{path::Path, path::PathBuf, process::Command};
 use anyhow::Context as _;
 
 pub fn bench(root: &Path, quick: bool, pcaps: &[PathBuf]) -> anyhow::Result<()> {
-    crate::require_root("cargo xtask bench")?;
+    test_kit::root::ensure_root("cargo xtask bench")?;
     // The dev profile, so a CI run reuses what `cargo xtask test` built (the bench crate
     // itself is optimised through its profile override).
     let mut build = crate::cargo(root);

@@ -2,9 +2,8 @@
 //! the loaded XDP program (BPF_PROG_TEST_RUN) and to the reference classifier and stops at the
 //! first difference.
 //!
-//! Wiring in main.rs: `mod fuzz;`, a `Fuzz { seconds: u64 }` task, and
-//! `setup::setup(&root)?; fuzz::fuzz(&root, seconds)` (setup provides nightly with rust-src
-//! and bpf-linker, which building the target needs).
+//! The task runs `setup` first: building the target embeds the XDP program, so it needs what
+//! setup provides (nightly with rust-src, and bpf-linker), and cargo-fuzz itself needs nightly.
 
 use std::{env, ffi::OsString, path::Path, process::Command};
 
@@ -21,9 +20,7 @@ const MAX_LEN: usize = 1500 + 14 + 8;
 /// the target loads the XDP program. A difference fails with the frame printed as hex and
 /// saved under `fuzz/artifacts/verdicts/`.
 pub fn fuzz(workspace_root: &Path, seconds: u64) -> anyhow::Result<()> {
-    if !crate::is_root() {
-        bail!("cargo xtask fuzz loads the XDP program and needs root: run it with sudo");
-    }
+    test_kit::root::ensure_root("cargo xtask fuzz")?;
     let tools = workspace_root.join(".tools");
     let path = crate::setup::path_with_tools(workspace_root);
     install_cargo_fuzz(&tools, &path)?;

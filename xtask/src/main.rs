@@ -13,8 +13,9 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use test_kit::root::ensure_root;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, test and try out mxguard")]
@@ -126,25 +127,8 @@ fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     setup::run(&mut command)
 }
 
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc_geteuid() == 0 }
-}
-
-fn require_root(what: &str) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("{what} needs root (XDP, BPF maps and network namespaces): run it with sudo");
-    }
-    Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    require_root("cargo xtask test")?;
+    ensure_root("cargo xtask test")?;
     build(root, false)?;
     let mut command = cargo(root);
     command
@@ -155,7 +139,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
 }
 
 fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> {
-    require_root("cargo xtask run")?;
+    ensure_root("cargo xtask run")?;
     if args.is_empty() {
         build(root, false)?;
         let mut command = cargo(root);
