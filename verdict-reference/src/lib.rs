@@ -1102,18 +1102,28 @@ mod tests {
 
     #[test]
     fn prefixes_match_by_their_leading_bits() {
-        let net: Prefix = "192.0.2.128/25".parse().unwrap();
-        assert!(net.contains("192.0.2.128".parse().unwrap()));
-        assert!(net.contains("192.0.2.255".parse().unwrap()));
-        assert!(!net.contains("192.0.2.127".parse().unwrap()));
-        assert!(net.contains("::ffff:192.0.2.200".parse().unwrap()));
-        let all6: Prefix = "::/0".parse().unwrap();
-        assert!(all6.contains("2001:db8::1".parse().unwrap()));
-        assert!(!all6.contains("192.0.2.1".parse().unwrap()));
-        // Not rewritten to IPv4: a mapped prefix in the IPv6 list matches nothing.
-        let mapped: Prefix = "::ffff:203.0.113.0/120".parse().unwrap();
-        assert!(!mapped.contains("::ffff:203.0.113.7".parse().unwrap()));
-        assert!(!mapped.contains("203.0.113.7".parse().unwrap()));
+        // (prefix, source, inside)
+        let table = [
+            ("192.0.2.128/25", "192.0.2.128", true),
+            ("192.0.2.128/25", "192.0.2.255", true),
+            ("192.0.2.128/25", "192.0.2.127", false),
+            ("192.0.2.128/25", "::ffff:192.0.2.200", true),
+            ("0.0.0.0/0", "::ffff:198.51.100.1", true),
+            ("0.0.0.0/0", "2001:db8::1", false),
+            ("::/0", "2001:db8::1", true),
+            ("::/0", "192.0.2.1", false),
+            ("::/0", "::ffff:192.0.2.1", false),
+            // Not rewritten to IPv4: a mapped prefix in the IPv6 list matches nothing.
+            ("::ffff:203.0.113.0/120", "::ffff:203.0.113.7", false),
+            ("::ffff:203.0.113.0/120", "203.0.113.7", false),
+            ("2001:db8:2::5", "2001:db8:2::5", true),
+            ("2001:db8:2::5", "2001:db8:2::4", false),
+        ];
+        for (prefix, source, inside) in table {
+            let prefix: Prefix = prefix.parse().unwrap();
+            let source: IpAddr = source.parse().unwrap();
+            assert_eq!(prefix.contains(source), inside, "{prefix} contains {source}");
+        }
         assert_eq!(Prefix::from(SRC4).to_string(), "192.0.2.10/32");
         assert!("192.0.2.0/x".parse::<Prefix>().is_err());
     }
