@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use filter_common::{DropSample, DroppedSource, Family};
 use tokio::io::unix::AsyncFd;
 
@@ -18,7 +18,12 @@ pub struct DropSamples {
 }
 
 impl DropSamples {
-    pub fn new(ring: RingBuf<MapData>) -> anyhow::Result<Self> {
+    /// Takes the ring buffer out of a freshly loaded object (it has one reader: the daemon).
+    pub fn open(source: &mut crate::maps::MapSource) -> anyhow::Result<Self> {
+        Self::new(source.typed(filter_common::map_names::DROP_SAMPLES)?)
+    }
+
+    fn new(ring: RingBuf<MapData>) -> anyhow::Result<Self> {
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the
         // AsyncFd (which owns the RingBuf) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -62,11 +67,11 @@ pub fn source_key(sample: &DropSample) -> [u8; 16] {
     }
 }
 
-/// Adds `samples` to the tally in `map`.
-pub fn tally(map: &mut Map, samples: &[DropSample]) -> anyhow::Result<()> {
-    let mut sources: HashMap<&mut MapData, [u8; 16], DroppedSource> = map
-        .try_into()
-        .context("DROPPED_SOURCES has an unexpected layout")?;
+/// Adds `samples` to the tally in `sources`.
+pub fn tally(
+    sources: &mut HashMap<MapData, [u8; 16], DroppedSource>,
+    samples: &[DropSample],
+) -> anyhow::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -85,10 +90,10 @@ pub fn tally(map: &mut Map, samples: &[DropSample]) -> anyhow::Result<()> {
 }
 
 /// The `limit` sources sampled most often.
-pub fn top_sources(map: &Map, limit: usize) -> anyhow::Result<Vec<(IpAddr, DroppedSource)>> {
-    let sources: HashMap<&MapData, [u8; 16], DroppedSource> = map
-        .try_into()
-        .context("DROPPED_SOURCES has an unexpected layout")?;
+pub fn top_sources(
+    sources: &HashMap<MapData, [u8; 16], DroppedSource>,
+    limit: usize,
+) -> anyhow::Result<Vec<(IpAddr, DroppedSource)>> {
     let mut all = Vec::new();
     for entry in sources.iter() {
         let (key, value) = entry.context("reading DROPPED_SOURCES")?;
