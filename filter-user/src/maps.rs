@@ -1,7 +1,11 @@
 //! Typed handles on the program's maps, opened from a freshly loaded object or from the pins.
 //! The daemon, `status` and `detach` all read and write the maps through these types.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -161,12 +165,48 @@ impl DroppedSourceMap {
 
     /// Adds sampled drops to the tally.
     pub fn tally(&mut self, samples: &[DropSample]) -> anyhow::Result<()> {
-        crate::samples::tally(&mut self.0, samples)
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for sample in samples {
+            let key = dropped_source_key(sample);
+            let mut entry = self.0.get(&key, 0).unwrap_or_default();
+            entry.samples += 1;
+            entry.last_seen_unix_secs = now;
+            entry.last_port = sample.port;
+            self.0
+                .insert(key, entry, 0)
+                .context("updating DROPPED_SOURCES")?;
+        }
+        Ok(())
     }
 
     /// The `limit` sources sampled most often.
     pub fn top(&self, limit: usize) -> anyhow::Result<Vec<(IpAddr, DroppedSource)>> {
-        crate::samples::top_sources(&self.0, limit)
+        let mut all = Vec::new();
+        for entry in self.0.iter() {
+            let (key, value) = entry.context("reading DROPPED_SOURCES")?;
+            let v6 = Ipv6Addr::from(key);
+            let addr = v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6));
+            all.push((addr, value));
+        }
+        all.sort_by(|a, b| b.1.samples.cmp(&a.1.samples).then(a.0.cmp(&b.0)));
+        all.truncate(limit);
+        Ok(all)
+    }
+}
+
+/// The key `DROPPED_SOURCES` uses: IPv6, or IPv4-mapped IPv6 for IPv4 sources.
+fn dropped_source_key(sample: &DropSample) -> [u8; 16] {
+    if sample.family == Family::Ipv4 as u8 {
+        let [a, b, c, d, ..] = sample.source;
+        Ipv4Addr::new(a, b, c, d).to_ipv6_mapped().octets()
+    } else {
+        sample.source
     }
 }
 
