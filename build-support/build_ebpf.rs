@@ -29,6 +29,13 @@ fn build_ebpf_package(package: &str) -> anyhow::Result<()> {
         unsafe { env::set_var("PATH", env::join_paths(dirs)?) };
     }
 
+    // aya-build watches the BPF crate's own directory only; the shared types it is built from
+    // change the object too, and a stale object would disagree with userspace on map layouts.
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("filter-common").display()
+    );
+
     let ebpf_dir = workspace.join(package);
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 workspace path")?;
     aya_build::build_ebpf(

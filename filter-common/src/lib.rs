@@ -119,6 +119,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name on the command line, in the config file and in `status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Drop => "drop",
+            Action::Monitor => "monitor",
+            Action::Reject => "reject",
+        }
+    }
+
     /// Decodes the value stored in [`Config::action`]; unknown values mean `Drop`, the safe side.
     pub const fn from_raw(raw: u32) -> Self {
         match raw {
@@ -319,7 +328,9 @@ impl FamilyCounters {
 
     /// Every counter with its value, in row order.
     pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
-        Counter::ALL.into_iter().map(|counter| (counter, self.get(counter)))
+        Counter::ALL
+            .into_iter()
+            .map(|counter| (counter, self.get(counter)))
     }
 }
 

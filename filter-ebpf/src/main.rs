@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use filter_common::{
-    ALLOWLIST_CAPACITY, Action, AllowEntry, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
+    ALLOWLIST_CAPACITY, Action, AllowEntry, Counter, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
     DROP_SAMPLES_PER_CPU_PER_SEC, DROPPED_SOURCES_CAPACITY, DropSample, DroppedSource, Family,
     FamilyCounters, MAX_IPV6_EXT_HEADERS, PORT_PROTECTED, PORT_SLOTS, PortFlag, RATE_SLOT_REJECT,
     RATE_SLOT_SAMPLES, RATE_SLOTS, RateWindow, SAMPLE_KIND_EVASIVE, SAMPLE_KIND_SYN, SUMMARY_WORDS,
@@ -245,7 +245,7 @@ fn sample(
     if let Some(row) = row {
         // SAFETY: this CPU's counter row; XDP runs with preemption off.
         let row = unsafe { &*row };
-        let denied = row.syn_dropped + row.syn_rejected + row.syn_would_drop + row.evasive_dropped;
+        let denied: u64 = Counter::DENIALS.iter().map(|&c| row.get(c)).sum();
         if denied & (SAMPLE_EVERY - 1) != 0 {
             return;
         }
@@ -293,16 +293,17 @@ fn count(row: Option<*mut FamilyCounters>, outcome: Outcome, verdict: Verdict) {
     // SAFETY: a per-CPU array slot for this CPU; XDP runs with preemption off, so no one else
     // writes it concurrently.
     let row = unsafe { &mut *row };
-    row.frames += 1;
-    match (outcome, verdict) {
-        (_, Verdict::WouldDrop) => row.syn_would_drop += 1,
-        (_, Verdict::Rejected) => row.syn_rejected += 1,
-        (Outcome::SynDenied { .. }, _) => row.syn_dropped += 1,
-        (Outcome::EvasiveDenied, _) => row.evasive_dropped += 1,
-        (Outcome::Malformed, _) => row.malformed += 1,
-        (Outcome::SynAllowed, _) => row.syn_allowed += 1,
-        (Outcome::Pass, _) => {}
-    }
+    row.bump(Counter::Frames);
+    let counter = match (outcome, verdict) {
+        (_, Verdict::WouldDrop) => Counter::SynWouldDrop,
+        (_, Verdict::Rejected) => Counter::SynRejected,
+        (Outcome::SynDenied { .. }, _) => Counter::SynDropped,
+        (Outcome::EvasiveDenied, _) => Counter::EvasiveDropped,
+        (Outcome::Malformed, _) => Counter::Malformed,
+        (Outcome::SynAllowed, _) => Counter::SynAllowed,
+        (Outcome::Pass, _) => return,
+    };
+    row.bump(counter);
 }
 
 #[inline(always)]

@@ -2,19 +2,21 @@
 
 use std::{
     collections::BTreeSet,
+    fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    str::FromStr,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches as _, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     cidr::{Cidr, parse_allow_file},
     dns::{self, DnsSettings, HostName, RefreshPolicy},
-    filter::{AttachMode, interface_index},
-    pins::DEFAULT_PIN_DIR,
+    links::{AttachMode, DEFAULT_PIN_DIR, interface_index},
 };
 
 /// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
@@ -77,40 +79,42 @@ pub struct StatusArgs {
     pub pins: PinArgs,
 }
 
-#[derive(Debug, Args)]
+/// The flags of `mxguard run`: the one declaration of every option. clap parses the command
+/// line into it, serde reads the TOML file into it (same names, kebab-case) and writes it back
+/// for `check-config`; see `config` for how the two are merged. Values are parsed into their
+/// checked types here; `plan` then checks what involves several options or the system.
+#[derive(Clone, Debug, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
     /// TOML configuration file holding any of these flags under their own names; a flag given
     /// here overrides the file. Default: /etc/mxguard/mxguard.toml if it exists. SIGHUP
     /// re-reads it.
     #[arg(long, value_name = "PATH")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Interface to protect (repeatable). The filter sees frames arriving on it.
-    #[arg(long = "iface", value_name = "IF")]
-    pub ifaces: Vec<String>,
+    #[arg(long, value_name = "IF")]
+    pub iface: Vec<String>,
 
-    /// TCP port whose incoming SYNs are filtered (repeatable, or comma-separated). Default: 25.
+    /// TCP port whose incoming SYNs are filtered (repeatable, or comma-separated).
     /// Other ports, such as 587 or 22, are never touched.
-    #[arg(
-        long = "port",
-        value_name = "PORT",
-        value_delimiter = ',',
-        num_args = 1
-    )]
-    pub ports: Vec<String>,
+    #[arg(long, value_name = "PORT", value_delimiter = ',', num_args = 1,
+          default_value = "25", value_parser = checked::<Port>)]
+    pub port: Vec<Port>,
 
     /// Source prefix allowed to open connections to the protected ports (repeatable): an
     /// IPv4 or IPv6 address, or ADDR/LEN. IPv4-mapped IPv6 sources match IPv4 prefixes.
-    #[arg(long = "allow", value_name = "CIDR")]
-    pub allow: Vec<String>,
+    #[arg(long, value_name = "CIDR", value_parser = checked::<Cidr>)]
+    pub allow: Vec<Cidr>,
 
     /// File of allowed prefixes (repeatable): one address or CIDR per line, `#` comments.
-    #[arg(long = "allow-file", value_name = "PATH")]
-    pub allow_files: Vec<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub allow_file: Vec<PathBuf>,
 
     /// XDP attach mode: `auto` tries native (driver) mode and falls back to generic.
     #[arg(long, value_enum, default_value = "auto")]
-    pub mode: AttachMode,
+    pub mode: ModeArg,
 
     /// What to do with a denied SYN: `drop` it; `reject` it with a TCP RST sent from XDP (like
     /// iptables REJECT --reject-with tcp-reset, rate-limited); or `monitor`: pass everything
@@ -124,37 +128,38 @@ pub struct RunArgs {
     pub reject_rate: u32,
 
     /// How often to log a one-line counter summary, e.g. `10s`, `1m`, or `0` for never.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub stats_interval: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = checked::<TextDuration>)]
+    pub stats_interval: TextDuration,
 
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9725). Off by default.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+
     /// DNS name whose A and AAAA addresses are allowed (repeatable), e.g. the filtering
     /// service's relay name. Always queried fully qualified; followed as its records change.
-    #[arg(long = "allow-host", value_name = "NAME")]
-    pub allow_hosts: Vec<String>,
+    #[arg(long, value_name = "NAME", value_parser = checked::<HostName>)]
+    pub allow_host: Vec<HostName>,
 
     /// Name server for --allow-host lookups (repeatable): ADDR or ADDR:PORT ([ADDR]:PORT for
     /// IPv6). Default: the servers in /etc/resolv.conf.
-    #[arg(long = "dns-server", value_name = "ADDR[:PORT]")]
-    pub dns_servers: Vec<String>,
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = checked::<DnsServer>)]
+    pub dns_server: Vec<DnsServer>,
 
     /// Never look a name up more often than this, whatever its TTL.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub dns_min_refresh: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = checked::<TextDuration>)]
+    pub dns_min_refresh: TextDuration,
 
     /// Look every name up at least this often, even if its TTL is longer.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub dns_max_refresh: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = checked::<TextDuration>)]
+    pub dns_max_refresh: TextDuration,
 
     /// How long a name keeps its last known addresses without a successful DNS answer.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
-    pub dns_stale_grace: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = checked::<TextDuration>)]
+    pub dns_stale_grace: TextDuration,
 
     /// Timeout of one DNS query. Default: resolv.conf's `timeout`, else 5s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub dns_timeout: Option<Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = checked::<TextDuration>)]
+    pub dns_timeout: Option<TextDuration>,
 
     /// Directory of the state file that keeps the names' last known good addresses.
     #[arg(long, value_name = "DIR", default_value = dns::DEFAULT_STATE_DIR)]
@@ -166,8 +171,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub strict: bool,
 
-    #[command(flatten)]
-    pub pins: PinArgs,
+    /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
+    /// nothing is mounted there yet).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 
     /// Detach (and unpin) when the daemon stops, instead of leaving the filter enforcing.
     /// For development.
@@ -175,8 +182,39 @@ pub struct RunArgs {
     pub detach_on_exit: bool,
 }
 
+impl Default for RunArgs {
+    /// The defaults clap gives an empty command line, so the file and the flags share them.
+    fn default() -> Self {
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let matches = command
+            .try_get_matches_from(["run"])
+            .expect("every run flag has a valid default");
+        RunArgs::from_arg_matches(&matches).expect("every run flag has a valid default")
+    }
+}
+
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<ModeArg> for AttachMode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Auto => AttachMode::Auto,
+            ModeArg::Native => AttachMode::Native,
+            ModeArg::Generic => AttachMode::Generic,
+        }
+    }
+}
+
 /// `--action` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ActionArg {
     Drop,
     Reject,
@@ -193,108 +231,180 @@ impl From<ActionArg> for filter_common::Action {
     }
 }
 
-/// Everything `run` needs, validated: nothing is loaded or attached before this exists.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Parses a flag's value with its type's `FromStr`, keeping the whole error chain in clap's
+/// message (clap would otherwise show only the outermost context).
+fn checked<T>(text: &str) -> Result<T, String>
+where
+    T: FromStr<Err = anyhow::Error>,
+{
+    text.parse()
+        .map_err(|error: anyhow::Error| format!("{error:#}"))
+}
+
+/// A TCP port from 1 to 65535; an integer in the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Port(pub u16);
+
+impl FromStr for Port {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        parse_port(text).map(Port)
+    }
+}
+
+impl Serialize for Port {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = i64::deserialize(deserializer)?;
+        parse_port(&number.to_string())
+            .map(Port)
+            .map_err(|error| serde::de::Error::custom(format!("{error:#}")))
+    }
+}
+
+/// A duration written as text (`30s`, `5m`, `250ms`; see [`parse_duration`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TextDuration(pub Duration);
+
+impl FromStr for TextDuration {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        parse_duration(text).map(TextDuration)
+    }
+}
+
+impl fmt::Display for TextDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_millis() != 0 {
+            write!(f, "{}ms", self.0.as_millis())
+        } else {
+            write!(f, "{}s", self.0.as_secs())
+        }
+    }
+}
+
+/// A name server: `ADDR`, `ADDR:PORT`, `[IPV6]` or `[IPV6]:PORT` (see [`parse_dns_server`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsServer(pub SocketAddr);
+
+impl FromStr for DnsServer {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        parse_dns_server(text).map(DnsServer)
+    }
+}
+
+impl fmt::Display for DnsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Serde for option types that are written as text: `Display` out, `FromStr` in, with the
+/// whole error chain in the message (the file's reader adds the line).
+macro_rules! serde_as_text {
+    ($($type:ty),*) => {$(
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse()
+                    .map_err(|error: anyhow::Error| serde::de::Error::custom(format!("{error:#}")))
+            }
+        }
+    )*};
+}
+
+serde_as_text!(TextDuration, DnsServer, Cidr, HostName);
+
+/// Everything `run` needs, validated: nothing is loaded or attached before this exists. It
+/// keeps the options as given and adds what is derived from several of them.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunPlan {
-    pub ifaces: Vec<String>,
+    pub options: RunArgs,
     pub ports: BTreeSet<u16>,
+    /// Static prefixes: `--allow` and the allow files' contents.
     pub allow: BTreeSet<Cidr>,
     pub mode: AttachMode,
     pub action: filter_common::Action,
-    pub reject_rate: u32,
-    pub stats_interval: Duration,
-    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The DNS side, when there is at least one --allow-host.
     pub dns: Option<DnsSettings>,
-    pub strict: bool,
-
-    pub pin_dir: PathBuf,
-    pub detach_on_exit: bool,
 }
 
 impl RunArgs {
-    /// Validates every argument and reads the allow files. Any error names the bad input.
+    /// Checks what involves several options or the system (interfaces exist, allow files are
+    /// readable) and derives the plan. Any error names the bad input.
     pub fn plan(&self) -> anyhow::Result<RunPlan> {
-        if self.ifaces.is_empty() {
+        if self.iface.is_empty() {
             bail!("no interface to protect: give --iface or set `iface` in the config file");
         }
-        let mut ifaces = Vec::new();
-        for iface in &self.ifaces {
+        let mut seen = BTreeSet::new();
+        for iface in &self.iface {
             interface_index(iface)?;
-            if ifaces.contains(iface) {
+            if !seen.insert(iface) {
                 bail!("interface {iface:?} given twice");
             }
-            ifaces.push(iface.clone());
         }
 
-        let ports = if self.ports.is_empty() {
-            BTreeSet::from([25])
-        } else {
-            let mut ports = BTreeSet::new();
-            for text in &self.ports {
-                ports.insert(parse_port(text)?);
-            }
-            ports
-        };
-
-        let mut allow = BTreeSet::new();
-        for text in &self.allow {
-            allow.insert(text.parse::<Cidr>()?);
+        let ports: BTreeSet<u16> = self.port.iter().map(|port| port.0).collect();
+        if ports.is_empty() {
+            bail!("no port to protect: give at least one port from 1 to 65535");
         }
-        for path in &self.allow_files {
+
+        let mut allow: BTreeSet<Cidr> = self.allow.iter().copied().collect();
+        for path in &self.allow_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read allow file {}", path.display()))?;
             allow.extend(parse_allow_file(&text, &path.display().to_string())?);
         }
 
         Ok(RunPlan {
-            ifaces,
+            options: self.clone(),
             ports,
             allow,
-            mode: self.mode,
+            mode: self.mode.into(),
             action: self.action.into(),
-            reject_rate: self.reject_rate,
-            stats_interval: self.stats_interval,
-            metrics_addr: self.metrics_addr,
             dns: self.dns_settings()?,
-            strict: self.strict,
-
-            pin_dir: self.pins.pin_dir.clone(),
-            detach_on_exit: self.detach_on_exit,
         })
     }
 
     /// Validates the DNS arguments; `None` without --allow-host.
     fn dns_settings(&self) -> anyhow::Result<Option<DnsSettings>> {
         let mut hosts = BTreeSet::new();
-        for text in &self.allow_hosts {
-            let host: HostName = text.parse()?;
-            if !hosts.insert(host) {
-                bail!("host name {text:?} given twice");
+        for host in &self.allow_host {
+            if !hosts.insert(host.clone()) {
+                bail!("host name {:?} given twice", host.as_str());
             }
         }
-        let servers = self
-            .dns_servers
-            .iter()
-            .map(|text| parse_dns_server(text))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let servers: Vec<SocketAddr> = self.dns_server.iter().map(|server| server.0).collect();
         if hosts.is_empty() {
             if !servers.is_empty() {
                 bail!("--dns-server is only used for --allow-host names, and none is given");
             }
             return Ok(None);
         }
+        let timeout = self.dns_timeout.map(|timeout| timeout.0);
         let policy = RefreshPolicy {
-            min_refresh: self.dns_min_refresh,
-            max_refresh: self.dns_max_refresh,
-            stale_grace: self.dns_stale_grace,
+            min_refresh: self.dns_min_refresh.0,
+            max_refresh: self.dns_max_refresh.0,
+            stale_grace: self.dns_stale_grace.0,
         };
         // Bounded so that deadlines computed from them can never overflow the clock.
         for (flag, value) in [
             ("--dns-min-refresh", policy.min_refresh),
             ("--dns-max-refresh", policy.max_refresh),
             ("--dns-stale-grace", policy.stale_grace),
-            ("--dns-timeout", self.dns_timeout.unwrap_or_default()),
+            ("--dns-timeout", timeout.unwrap_or_default()),
         ] {
             if value > MAX_DNS_DURATION {
                 bail!("{flag} ({value:?}) is longer than a year");
@@ -318,13 +428,13 @@ impl RunArgs {
                 policy.max_refresh
             );
         }
-        if self.dns_timeout.is_some_and(|timeout| timeout.is_zero()) {
+        if timeout.is_some_and(|timeout| timeout.is_zero()) {
             bail!("--dns-timeout must be more than 0");
         }
         Ok(Some(DnsSettings {
             hosts,
             servers,
-            timeout: self.dns_timeout,
+            timeout,
             policy,
             state_dir: self.state_dir.clone(),
         }))
@@ -402,14 +512,13 @@ mod tests {
         })
     }
 
+    /// The error for a command line that clap (a bad value) or the plan (a bad combination,
+    /// or the system) rejects.
     fn plan_error(args: &[&str]) -> String {
-        format!(
-            "{:#}",
-            run_args(args)
-                .expect("clap accepts")
-                .plan()
-                .expect_err("plan rejects")
-        )
+        match run_args(args) {
+            Err(error) => error.to_string(),
+            Ok(args) => format!("{:#}", args.plan().expect_err("plan rejects")),
+        }
     }
 
     #[test]
@@ -433,11 +542,11 @@ mod tests {
         .unwrap()
         .plan()
         .unwrap();
-        assert_eq!(plan.ifaces, ["lo"]);
+        assert_eq!(plan.options.iface, ["lo"]);
         assert_eq!(plan.ports, BTreeSet::from([25, 2525]));
         assert_eq!(plan.allow.len(), 2);
         assert_eq!(plan.mode, AttachMode::Generic);
-        assert_eq!(plan.stats_interval, Duration::from_secs(5));
+        assert_eq!(plan.options.stats_interval.0, Duration::from_secs(5));
     }
 
     #[test]
@@ -527,7 +636,7 @@ mod tests {
         .unwrap()
         .plan()
         .unwrap();
-        assert!(plan.strict);
+        assert!(plan.options.strict);
         let dns = plan.dns.expect("DNS settings");
         let hosts: Vec<String> = dns.hosts.iter().map(ToString::to_string).collect();
         assert_eq!(hosts, ["relay.example.test.", "relay2.example.test."]);
@@ -552,7 +661,7 @@ mod tests {
     fn dns_defaults() {
         let plan = run_args(&["--iface", "lo"]).unwrap().plan().unwrap();
         assert_eq!(plan.dns, None);
-        assert!(!plan.strict);
+        assert!(!plan.options.strict);
         let plan = run_args(&["--iface", "lo", "--allow-host", "relay.test"])
             .unwrap()
             .plan()

@@ -1,64 +1,50 @@
 //! The TOML configuration file (`--config`, default /etc/mxguard/mxguard.toml).
 //!
-//! It holds everything `mxguard run` takes on the command line, under the flags' own names;
-//! a flag given on the command line overrides the file's value (lists are replaced, not
-//! merged). An unknown key is an error naming the key and its line.
+//! It holds any flag of `mxguard run` under the flag's own name, because both are read into
+//! the one declaration, [`RunArgs`]. A flag given on the command line overrides the file's
+//! value (lists are replaced, not merged). An unknown key or a bad value is an error naming
+//! the file, the line and the key.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::{ArgMatches, ValueEnum as _, parser::ValueSource};
-use serde::{Deserialize, Serialize};
+use clap::{ArgMatches, FromArgMatches as _, parser::ValueSource};
 
-use crate::cli::{ActionArg, RunArgs, RunPlan, parse_duration};
+use crate::cli::{RunArgs, RunPlan};
 
 pub const DEFAULT_CONFIG: &str = "/etc/mxguard/mxguard.toml";
 
-/// The file's contents. Every key is optional; absent keys keep the command-line default.
-#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// A parsed config file: its keys and values, already checked against [`RunArgs`].
+#[derive(Debug, Default, PartialEq)]
 pub struct FileConfig {
-    pub iface: Option<Vec<String>>,
-    pub port: Option<Vec<u32>>,
-    pub allow: Option<Vec<String>>,
-    pub allow_file: Option<Vec<PathBuf>>,
-    pub allow_host: Option<Vec<String>>,
-    pub dns_server: Option<Vec<String>>,
-    pub dns_min_refresh: Option<String>,
-    pub dns_max_refresh: Option<String>,
-    pub dns_stale_grace: Option<String>,
-    pub dns_timeout: Option<String>,
-    pub state_dir: Option<PathBuf>,
-    pub strict: Option<bool>,
-    pub mode: Option<String>,
-    pub action: Option<String>,
-    pub reject_rate: Option<u32>,
-    pub stats_interval: Option<String>,
-    pub metrics_addr: Option<String>,
-    pub pin_dir: Option<PathBuf>,
-    pub detach_on_exit: Option<bool>,
+    table: toml::Table,
 }
 
 impl FileConfig {
-    /// Parses TOML text; `origin` names the file in errors (which carry line and column).
+    /// Parses TOML text; `origin` names the file in errors (which carry line, column and the
+    /// line's text, so the key is named).
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|error| {
-            // One line, `file:line:column: message`, so it reads well in a log.
+        let located = |error: toml::de::Error| {
             let position = error.span().map(|span| {
-                let before = &text[..span.start.min(text.len())];
+                let start = span.start.min(text.len());
+                let before = &text[..start];
                 let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}")
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = start - line_start + 1;
+                let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+                format!("line {line}, column {column} (`{line_text}`)")
             });
+            // One line, `file:line:column: message`, so it reads well in a log.
             let message = error.message().trim().replace('\n', " ");
             match position {
                 Some(position) => anyhow::anyhow!("{origin}: {position}: {message}"),
                 None => anyhow::anyhow!("{origin}: {message}"),
             }
-        })
+        };
+        // Reading it as the options checks every key and value, with its position.
+        toml::from_str::<RunArgs>(text).map_err(located)?;
+        let table = toml::from_str(text).map_err(located)?;
+        Ok(FileConfig { table })
     }
 
     /// Reads `path`. A missing file is fine only when it is the default path (`explicit` false).
@@ -71,160 +57,50 @@ impl FileConfig {
             }
         }
     }
-}
 
-/// Whether the flag with clap id `id` was given on the command line.
-fn on_command_line(matches: &ArgMatches, id: &str) -> bool {
-    matches!(matches.value_source(id), Some(ValueSource::CommandLine))
-}
-
-/// Fills `args` from `file` wherever the command line did not give the flag.
-pub fn apply(args: &mut RunArgs, matches: &ArgMatches, file: FileConfig) -> anyhow::Result<()> {
-    macro_rules! take {
-        ($id:literal, $field:ident, $value:expr) => {
-            if !on_command_line(matches, $id) {
-                if let Some(value) = $value {
-                    args.$field = value;
-                }
+    /// The options from the command line (`flags`, as clap matched them in `matches`), with
+    /// the file's value wherever the command line did not give the flag.
+    pub fn under(&self, flags: &RunArgs, matches: &ArgMatches) -> anyhow::Result<RunArgs> {
+        let mut merged =
+            toml::Table::try_from(flags).context("writing the command line as options")?;
+        for (key, value) in &self.table {
+            // clap's id of an option is its field name; the file spells it in kebab-case.
+            let id = key.replace('-', "_");
+            if !matches!(matches.value_source(&id), Some(ValueSource::CommandLine)) {
+                merged.insert(key.clone(), value.clone());
             }
-        };
+        }
+        let mut options: RunArgs = merged
+            .try_into()
+            .context("merging the config file under the command line")?;
+        options.config.clone_from(&flags.config);
+        Ok(options)
     }
-    let duration =
-        |key: &str, text: Option<String>| -> anyhow::Result<Option<std::time::Duration>> {
-            text.map(|t| parse_duration(&t).with_context(|| format!("config key {key}")))
-                .transpose()
-        };
-    take!("ifaces", ifaces, file.iface);
-    take!(
-        "ports",
-        ports,
-        file.port
-            .map(|ports| ports.iter().map(u32::to_string).collect())
-    );
-    take!("allow", allow, file.allow);
-    take!("allow_files", allow_files, file.allow_file);
-    take!("allow_hosts", allow_hosts, file.allow_host);
-    take!("dns_servers", dns_servers, file.dns_server);
-    take!(
-        "dns_min_refresh",
-        dns_min_refresh,
-        duration("dns-min-refresh", file.dns_min_refresh)?
-    );
-    take!(
-        "dns_max_refresh",
-        dns_max_refresh,
-        duration("dns-max-refresh", file.dns_max_refresh)?
-    );
-    take!(
-        "dns_stale_grace",
-        dns_stale_grace,
-        duration("dns-stale-grace", file.dns_stale_grace)?
-    );
-    take!(
-        "dns_timeout",
-        dns_timeout,
-        duration("dns-timeout", file.dns_timeout)?.map(Some)
-    );
-    take!("state_dir", state_dir, file.state_dir);
-    take!("strict", strict, file.strict);
-    let mode = file
-        .mode
-        .map(|m| crate::filter::AttachMode::from_str(&m, true).map_err(anyhow::Error::msg))
-        .transpose();
-    take!(
-        "mode",
-        mode,
-        mode.context("config key mode (auto, native or generic)")?
-    );
-    let action = file
-        .action
-        .map(|a| ActionArg::from_str(&a, true).map_err(anyhow::Error::msg))
-        .transpose();
-    take!(
-        "action",
-        action,
-        action.context("config key action (drop, reject or monitor)")?
-    );
-    take!("reject_rate", reject_rate, file.reject_rate);
-    take!(
-        "stats_interval",
-        stats_interval,
-        duration("stats-interval", file.stats_interval)?
-    );
-    let metrics_addr = file
-        .metrics_addr
-        .map(|a| {
-            a.parse::<SocketAddr>()
-                .with_context(|| format!("config key metrics-addr: {a:?} is not ADDR:PORT"))
-        })
-        .transpose()?;
-    take!("metrics_addr", metrics_addr, metrics_addr.map(Some));
-    if !on_command_line(matches, "pin_dir")
-        && let Some(dir) = file.pin_dir
-    {
-        args.pins.pin_dir = dir;
-    }
-    take!("detach_on_exit", detach_on_exit, file.detach_on_exit);
-    Ok(())
 }
 
 /// The effective configuration, as a config file would say it (for `check-config`).
 pub fn render(plan: &RunPlan) -> anyhow::Result<String> {
-    let effective = FileConfig {
-        iface: Some(plan.ifaces.clone()),
-        port: Some(plan.ports.iter().map(|&p| u32::from(p)).collect()),
-        allow: Some(plan.allow.iter().map(ToString::to_string).collect()),
-        allow_file: None,
-        allow_host: plan
-            .dns
-            .as_ref()
-            .map(|d| d.hosts.iter().map(ToString::to_string).collect()),
-        dns_server: plan
-            .dns
-            .as_ref()
-            .map(|d| d.servers.iter().map(ToString::to_string).collect()),
-        dns_min_refresh: plan.dns.as_ref().map(|d| humantime(d.policy.min_refresh)),
-        dns_max_refresh: plan.dns.as_ref().map(|d| humantime(d.policy.max_refresh)),
-        dns_stale_grace: plan.dns.as_ref().map(|d| humantime(d.policy.stale_grace)),
-        dns_timeout: plan.dns.as_ref().and_then(|d| d.timeout).map(humantime),
-        state_dir: plan.dns.as_ref().map(|d| d.state_dir.clone()),
-        strict: Some(plan.strict),
-        mode: Some(format!("{:?}", plan.mode).to_lowercase()),
-        action: Some(format!("{:?}", plan.action).to_lowercase()),
-        reject_rate: Some(plan.reject_rate),
-        stats_interval: Some(humantime(plan.stats_interval)),
-        metrics_addr: plan.metrics_addr.map(|a| a.to_string()),
-        pin_dir: Some(plan.pin_dir.clone()),
-        detach_on_exit: Some(plan.detach_on_exit),
-    };
-    toml::to_string(&effective).context("rendering the effective configuration")
-}
-
-fn humantime(duration: std::time::Duration) -> String {
-    if duration.subsec_millis() != 0 {
-        format!("{}ms", duration.as_millis())
-    } else {
-        format!("{}s", duration.as_secs())
-    }
+    toml::to_string(&plan.options).context("rendering the effective configuration")
 }
 
 /// The plan `run` (or `check-config`) works from: the file under the flags in `matches`.
 pub fn plan(matches: &ArgMatches) -> anyhow::Result<RunPlan> {
-    use clap::FromArgMatches as _;
-    let mut args = RunArgs::from_arg_matches(matches)?;
-    let (path, explicit) = match &args.config {
+    let flags = RunArgs::from_arg_matches(matches)?;
+    let (path, explicit) = match &flags.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
-    if let Some(file) = FileConfig::load(&path, explicit)? {
-        apply(&mut args, matches, file)?;
-    }
-    args.plan()
+    let options = match FileConfig::load(&path, explicit)? {
+        Some(file) => file.under(&flags, matches)?,
+        None => flags,
+    };
+    options.plan()
 }
 
 /// Refuses a reload that changes what only a restart can change.
 pub fn check_reloadable(running: &RunPlan, new: &RunPlan) -> anyhow::Result<()> {
-    if running.ifaces != new.ifaces || running.mode != new.mode || running.pin_dir != new.pin_dir {
+    let (running, new) = (&running.options, &new.options);
+    if running.iface != new.iface || running.mode != new.mode || running.pin_dir != new.pin_dir {
         bail!("interfaces, mode and pin-dir change only with a restart");
     }
     if running.metrics_addr != new.metrics_addr {
@@ -251,8 +127,101 @@ metrics-addr = "127.0.0.1:9725"
 strict = true
 "#;
         let config = FileConfig::parse(text, "mxguard.toml").unwrap();
-        assert_eq!(config.port, Some(vec![25, 2525]));
-        assert_eq!(config.strict, Some(true));
+        let options: RunArgs = config.table.clone().try_into().unwrap();
+        assert_eq!(options.port, [crate::cli::Port(25), crate::cli::Port(2525)]);
+        assert!(options.strict);
+        assert_eq!(options.action, crate::cli::ActionArg::Reject);
+    }
+
+    /// Options with every optional value set, so that each one is written out.
+    fn every_option_set() -> RunArgs {
+        RunArgs {
+            dns_timeout: Some("2s".parse().unwrap()),
+            metrics_addr: Some("127.0.0.1:9725".parse().unwrap()),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn every_option_has_one_name_as_flag_id_and_file_key() {
+        use clap::Args as _;
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let table = toml::Table::try_from(every_option_set()).unwrap();
+        let keys: std::collections::BTreeSet<String> = table.keys().cloned().collect();
+        let mut flags = std::collections::BTreeSet::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let long = arg.get_long().expect("every run option is a long flag");
+            // `under` relies on this: a file key names the clap id that overrides it.
+            assert_eq!(long, id.replace('_', "-"), "flag --{long} has the id {id}");
+            if id != "config" {
+                flags.insert(long.to_owned());
+            }
+        }
+        assert_eq!(keys, flags, "the file keys are exactly the flags");
+    }
+
+    #[test]
+    fn rendered_configuration_reads_back_as_the_same_options() {
+        let options = every_option_set();
+        let text = toml::to_string(&options).unwrap();
+        let file = FileConfig::parse(&text, "rendered").unwrap();
+        let back: RunArgs = file.table.try_into().unwrap();
+        assert_eq!(back, options, "{text}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_lists_are_replaced() {
+        use clap::Args as _;
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let matches = command
+            .try_get_matches_from(["run", "--port", "26", "--strict"])
+            .unwrap();
+        let flags = RunArgs::from_arg_matches(&matches).unwrap();
+        let file = FileConfig::parse(
+            "port = [2525, 25]\nstrict = false\naction = \"reject\"\niface = [\"eth0\"]\n",
+            "f",
+        )
+        .unwrap();
+        let options = file.under(&flags, &matches).unwrap();
+        assert_eq!(options.port, [crate::cli::Port(26)], "the flag wins, whole");
+        assert!(
+            options.strict,
+            "a flag set on the command line wins over the file"
+        );
+        assert_eq!(
+            options.action,
+            crate::cli::ActionArg::Reject,
+            "the file fills the rest"
+        );
+        assert_eq!(options.iface, ["eth0"]);
+        assert_eq!(options.mode, crate::cli::ModeArg::Auto, "defaults stay");
+    }
+
+    #[test]
+    fn bad_values_name_the_line_and_key() {
+        let error = FileConfig::parse("iface = [\"eth0\"]\naction = \"bounce\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && error.contains("action"),
+            "{error}"
+        );
+        let error = FileConfig::parse("port = [0]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("port 0 is out of range"), "{error}");
+        let error = FileConfig::parse("allow = [\"192.0.2.1/24\"]\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("did you mean 192.0.2.0/24"), "{error}");
+        let error = FileConfig::parse("dns-min-refresh = \"soon\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("dns-min-refresh") && error.contains("soon"),
+            "{error}"
+        );
     }
 
     #[test]

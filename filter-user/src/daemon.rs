@@ -3,15 +3,15 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use filter_common::{Action, Family};
+use filter_common::{Action, Counters, Family};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::RunPlan,
     dns::{AllowlistUpdate, DnsEngine, Enforcer},
-    filter::{AttachOutcome, Counters, Filter},
+    filter::Filter,
+    links::{AttachOutcome, PinDir, detach_unconfigured},
     metrics,
-    pins::PinDir,
     samples::DropSamples,
 };
 
@@ -27,29 +27,32 @@ pub async fn run(
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // Bind the metrics port before touching the kernel: a taken port is a config error.
-    if let Some(addr) = plan.metrics_addr {
+    if let Some(addr) = plan.options.metrics_addr {
         metrics::serve(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
-    let pins = PinDir::new(&plan.pin_dir);
+    let pins = PinDir::new(&plan.options.pin_dir);
     pins.ensure_bpffs()?;
     // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
     let mut filter = Filter::load_pinned(&pins)?;
-    let previous_ports = filter.ports()?;
+    let previous_ports = filter.maps.ports.read()?;
     // Maps are filled before any attach, so a fresh interface is never filtered with an
     // empty allowlist, and an adopted one switches program with its data already in place.
-    filter.set_ports(&plan.ports, &previous_ports)?;
-    filter.set_reject_rate(plan.reject_rate)?;
+    filter.maps.ports.set(&plan.ports, &previous_ports)?;
+    filter
+        .maps
+        .settings
+        .set_reject_rate(plan.options.reject_rate)?;
     if plan.action == Action::Monitor {
         tracing::warn!("action monitor: nothing is dropped, would-be drops are only counted");
     }
     // The state file first: a restart while DNS is down keeps the last known relays.
-    let (initial, mut sources) = AllowSources::start(&plan, &filter.allowlist()?)?;
+    let (initial, mut sources) = AllowSources::start(&plan, &filter.allowlist.entries()?)?;
     // Fills the allowlist and sets the action: the configured one, or monitor while the
     // allowlist is still empty (unless --strict) until it holds an address.
-    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.strict)?;
-    let results = filter.attach_all_pinned(&plan.ifaces, plan.mode)?;
-    for (iface, (mode, outcome)) in plan.ifaces.iter().zip(&results) {
+    let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.options.strict)?;
+    let results = filter.attach_all_pinned(&plan.options.iface, plan.mode)?;
+    for (iface, (mode, outcome)) in plan.options.iface.iter().zip(&results) {
         match outcome {
             AttachOutcome::Attached => {
                 tracing::info!(iface = %iface, mode = %mode, "attached XDP filter")
@@ -64,8 +67,8 @@ pub async fn run(
             ),
         }
     }
-    detach_unconfigured(&pins, &plan.ifaces);
-    for (iface, (mode, _)) in plan.ifaces.iter().zip(&results) {
+    detach_unconfigured(&pins, &plan.options.iface);
+    for (iface, (mode, _)) in plan.options.iface.iter().zip(&results) {
         metrics::publish_attachment(iface, &mode.to_string());
     }
     tracing::info!(
@@ -81,7 +84,7 @@ pub async fn run(
     let mut plan = plan;
     // Sampled drops are tallied into the pinned DROPPED_SOURCES map for `status`; without
     // them the filter works the same, so a failure here is only a warning.
-    let mut samples = match filter.take_drop_samples().and_then(DropSamples::new) {
+    let mut samples = match DropSamples::open(&mut filter.program.maps()) {
         Ok(samples) => Some(samples),
         Err(error) => {
             tracing::warn!("drop sampling unavailable: {error:#}");
@@ -98,9 +101,9 @@ pub async fn run(
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
             }
-            _ = metrics_tick.tick(), if plan.metrics_addr.is_some() => publish_metrics(&filter),
+            _ = metrics_tick.tick(), if plan.options.metrics_addr.is_some() => publish_metrics(&filter),
             batch = async { samples.as_mut().expect("guarded").next_batch().await }, if samples.is_some() => {
-                match batch.and_then(|batch| filter.tally_drop_samples(&batch)) {
+                match batch.and_then(|batch| filter.maps.dropped_sources.tally(&batch)) {
                     Ok(()) => {}
                     Err(error) => {
                         tracing::warn!("drop sampling stopped: {error:#}");
@@ -129,12 +132,12 @@ pub async fn run(
     sources.stop();
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
-    if plan.detach_on_exit {
-        filter.detach_all();
+    if plan.options.detach_on_exit {
+        filter.links.detach_all();
         tracing::info!("detached; bye");
     } else {
         tracing::info!(
-            pins = %plan.pin_dir.display(),
+            pins = %plan.options.pin_dir.display(),
             "the filter stays attached and enforcing; `mxguard detach` removes it"
         );
     }
@@ -142,8 +145,8 @@ pub async fn run(
 }
 
 fn stats_ticker(plan: &RunPlan) -> Option<tokio::time::Interval> {
-    (!plan.stats_interval.is_zero()).then(|| {
-        let mut ticker = tokio::time::interval(plan.stats_interval);
+    (!plan.options.stats_interval.0.is_zero()).then(|| {
+        let mut ticker = tokio::time::interval(plan.options.stats_interval.0);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker
     })
@@ -164,8 +167,11 @@ fn reconfigure(
     let replacement = (new.allow != running.allow || new.dns != running.dns)
         .then(|| AllowSources::start(&new, &BTreeSet::new()))
         .transpose()?;
-    filter.set_ports(&new.ports, &running.ports)?;
-    filter.set_reject_rate(new.reject_rate)?;
+    filter.maps.ports.set(&new.ports, &running.ports)?;
+    filter
+        .maps
+        .settings
+        .set_reject_rate(new.options.reject_rate)?;
     enforcer.reconfigure(filter, new.action)?;
     if let Some((initial, replacement)) = replacement {
         // Add-before-remove holds across the switch: sync adds the new set's entries first.
@@ -249,36 +255,8 @@ impl AllowSources {
     }
 }
 
-/// Interfaces pinned by an earlier run but no longer configured are detached, so the running
-/// configuration is what filters.
-fn detach_unconfigured(pins: &PinDir, ifaces: &[String]) {
-    let links = match pins.links() {
-        Ok(links) => links,
-        Err(error) => return tracing::warn!("listing pinned links failed: {error:#}"),
-    };
-    for link in links.iter().filter(|link| !ifaces.contains(&link.iface)) {
-        match std::fs::remove_file(&link.path) {
-            Ok(()) => {
-                tracing::info!(iface = %link.iface, "detached XDP filter: interface no longer configured")
-            }
-            Err(error) => tracing::warn!(iface = %link.iface, "detaching failed: {error}"),
-        }
-    }
-    for version in links
-        .iter()
-        .map(|link| link.version)
-        .collect::<BTreeSet<_>>()
-    {
-        if version != crate::pins::LAYOUT_VERSION
-            && let Err(error) = pins.remove_version_if_unused(version)
-        {
-            tracing::warn!("removing old pins failed: {error:#}");
-        }
-    }
-}
-
 fn publish_metrics(filter: &Filter) {
-    match (filter.counters(), filter.allowlist()) {
+    match (filter.maps.counters.read(), filter.allowlist.entries()) {
         (Ok(counters), Ok(allowlist)) => {
             metrics::publish_counters(&counters);
             metrics::publish_allowlist(&allowlist);
@@ -290,28 +268,24 @@ fn publish_metrics(filter: &Filter) {
 }
 
 fn log_counters(filter: &Filter) {
-    match filter.counters() {
+    match filter.maps.counters.read() {
         Ok(counters) => tracing::info!("{}", summary(&counters)),
         Err(error) => tracing::warn!("reading counters failed: {error:#}"),
     }
 }
 
-/// One line: per family, frames seen and the protected-SYN verdicts.
+/// One line: per family, every counter by name.
 pub fn summary(counters: &Counters) -> String {
-    let mut parts = Vec::new();
-    for family in Family::ALL {
-        let row = counters.family(family);
-        parts.push(format!(
-            "{}: frames={} syn_allowed={} syn_dropped={} syn_rejected={} syn_would_drop={} evasive_dropped={} malformed={}",
-            family.label(),
-            row.frames,
-            row.syn_allowed,
-            row.syn_dropped,
-            row.syn_rejected,
-            row.syn_would_drop,
-            row.evasive_dropped,
-            row.malformed
-        ));
-    }
-    format!("counters {}", parts.join(" | "))
+    let families: Vec<String> = Family::ALL
+        .iter()
+        .map(|&family| {
+            let values: Vec<String> = counters
+                .family(family)
+                .iter()
+                .map(|(counter, value)| format!("{}={value}", counter.name()))
+                .collect();
+            format!("{}: {}", family.label(), values.join(" "))
+        })
+        .collect();
+    format!("counters {}", families.join(" | "))
 }

@@ -1,5 +1,6 @@
 //! mxguard userspace: load the XDP program, fill its maps, attach it, run the daemon.
 
+pub mod allowlist;
 pub mod cidr;
 pub mod cli;
 pub mod config;
@@ -7,8 +8,10 @@ pub mod daemon;
 pub mod dns;
 pub mod fast_path;
 pub mod filter;
+pub mod links;
+pub mod maps;
 pub mod metrics;
-pub mod pins;
+pub mod program;
 pub mod samples;
 pub mod status;
 

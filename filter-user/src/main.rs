@@ -55,7 +55,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Detach(args) => {
-            let detached = filter_user::status::detach(&args.pins.pin_dir, args.iface.as_deref())?;
+            let pins = filter_user::links::PinDir::new(&args.pins.pin_dir);
+            let detached = filter_user::links::detach_pinned(&pins, args.iface.as_deref())?;
             for iface in detached {
                 println!("detached {iface}");
             }

@@ -5,10 +5,10 @@
 use std::{collections::BTreeSet, net::SocketAddr};
 
 use anyhow::Context as _;
-use filter_common::Family;
+use filter_common::{Counters, Family};
 use metrics::{counter, gauge};
 
-use crate::{cidr::Cidr, filter::Counters};
+use crate::cidr::Cidr;
 
 /// Starts the HTTP listener on `addr` (must run inside the tokio runtime).
 pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
@@ -18,23 +18,22 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("starting the metrics endpoint on {addr}"))
 }
 
-/// Publishes the counters (summed over CPUs; the maps are shared by every interface).
+/// Publishes the counters (summed over CPUs; the maps are shared by every interface). The
+/// protected-SYN counters share one metric with a `verdict` label; each other counter is
+/// `mxguard_<name>_total`.
 pub fn publish_counters(counters: &Counters) {
     for family in Family::ALL {
-        let row = counters.family(family);
         let label = family.label();
-        counter!("mxguard_frames_total", "family" => label).absolute(row.frames);
-        for (verdict, value) in [
-            ("allowed", row.syn_allowed),
-            ("dropped", row.syn_dropped),
-            ("rejected", row.syn_rejected),
-            ("would_drop", row.syn_would_drop),
-        ] {
-            counter!("mxguard_protected_syns_total", "family" => label, "verdict" => verdict)
-                .absolute(value);
+        for (counter, value) in counters.family(family).iter() {
+            match counter.syn_verdict() {
+                Some(verdict) => counter!(
+                    "mxguard_protected_syns_total", "family" => label, "verdict" => verdict
+                )
+                .absolute(value),
+                None => counter!(format!("mxguard_{}_total", counter.name()), "family" => label)
+                    .absolute(value),
+            }
         }
-        counter!("mxguard_evasive_dropped_total", "family" => label).absolute(row.evasive_dropped);
-        counter!("mxguard_malformed_total", "family" => label).absolute(row.malformed);
     }
 }
 

@@ -2,15 +2,15 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
-use aya::maps::{Map, MapData};
-use filter_common::{Family, FamilyCounters, map_names};
+use anyhow::bail;
+use filter_common::{Counter, Counters, Family, FamilyCounters};
 use serde::Serialize;
 
 use crate::{
+    allowlist::AllowlistTries,
     cidr::Cidr,
-    filter::{Counters, read_action, read_allowlist, read_counters, read_ports},
-    pins::{LAYOUT_VERSION, PinDir},
+    links::{LAYOUT_VERSION, PinDir},
+    maps::{FilterMaps, MapSource},
 };
 
 #[derive(Debug, Serialize)]
@@ -69,72 +69,33 @@ pub struct FamilyStatus {
     pub per_second: Option<CounterValues>,
 }
 
-#[derive(Debug, Serialize, Clone, Copy)]
-pub struct CounterValues {
-    pub frames: f64,
-    pub syn_allowed: f64,
-    pub syn_dropped: f64,
-    pub syn_rejected: f64,
-    pub syn_would_drop: f64,
-    pub evasive_dropped: f64,
-    pub malformed: f64,
+/// One value per [`Counter`], serialized as a map from the counter's name, in row order.
+#[derive(Debug, Clone, Copy)]
+pub struct CounterValues(pub [f64; Counter::COUNT]);
+
+impl Serialize for CounterValues {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(Counter::COUNT))?;
+        for (counter, value) in Counter::ALL.iter().zip(self.0) {
+            map.serialize_entry(counter.name(), &value)?;
+        }
+        map.end()
+    }
 }
 
 impl CounterValues {
-    const NAMES: [&str; 7] = [
-        "frames",
-        "syn_allowed",
-        "syn_dropped",
-        "syn_rejected",
-        "would_drop",
-        "evasive",
-        "malformed",
-    ];
-
-    fn values(&self) -> [f64; 7] {
-        [
-            self.frames,
-            self.syn_allowed,
-            self.syn_dropped,
-            self.syn_rejected,
-            self.syn_would_drop,
-            self.evasive_dropped,
-            self.malformed,
-        ]
-    }
-
     fn of(row: &FamilyCounters) -> Self {
-        CounterValues {
-            frames: row.frames as f64,
-            syn_allowed: row.syn_allowed as f64,
-            syn_dropped: row.syn_dropped as f64,
-            syn_rejected: row.syn_rejected as f64,
-            syn_would_drop: row.syn_would_drop as f64,
-            evasive_dropped: row.evasive_dropped as f64,
-            malformed: row.malformed as f64,
-        }
+        CounterValues(Counter::ALL.map(|counter| row.get(counter) as f64))
     }
 
     fn rate(before: &FamilyCounters, after: &FamilyCounters, secs: f64) -> Self {
-        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-        CounterValues {
-            frames: per(after.frames, before.frames),
-            syn_allowed: per(after.syn_allowed, before.syn_allowed),
-            syn_dropped: per(after.syn_dropped, before.syn_dropped),
-            syn_rejected: per(after.syn_rejected, before.syn_rejected),
-            syn_would_drop: per(after.syn_would_drop, before.syn_would_drop),
-            evasive_dropped: per(after.evasive_dropped, before.evasive_dropped),
-            malformed: per(after.malformed, before.malformed),
-        }
+        CounterValues(
+            Counter::ALL.map(|counter| {
+                after.get(counter).saturating_sub(before.get(counter)) as f64 / secs
+            }),
+        )
     }
-}
-
-fn open_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
-    let path = pins.map_path(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    Map::from_map_data(data)
-        .with_context(|| format!("pinned map {} has an unknown type", path.display()))
 }
 
 /// Names each allowlist entry's source from the DNS state file (unreadable: all `static`).
@@ -187,20 +148,18 @@ pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyh
             pin_dir.display()
         );
     }
-    let counters_map = open_map(&pins, map_names::COUNTERS)?;
-    let before = read_counters(&counters_map)?;
+    let mut source = MapSource::Pins(&pins);
+    let maps = FilterMaps::open(&mut source)?;
+    let before = maps.counters.read()?;
     let rates = if interval.is_zero() {
         None
     } else {
         std::thread::sleep(interval);
-        Some(read_counters(&counters_map)?)
+        Some(maps.counters.read()?)
     };
     let after: Counters = rates.unwrap_or(before);
     let secs = interval.as_secs_f64();
-    let allowlist: BTreeSet<Cidr> = read_allowlist(
-        &open_map(&pins, map_names::ALLOW_V4)?,
-        &open_map(&pins, map_names::ALLOW_V6)?,
-    )?;
+    let allowlist: BTreeSet<Cidr> = AllowlistTries::open(&mut source)?.read()?;
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         layout_version: LAYOUT_VERSION,
@@ -212,8 +171,8 @@ pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyh
                 mode: link.mode.to_string(),
             })
             .collect(),
-        action: format!("{:?}", read_action(&open_map(&pins, map_names::CONFIG)?)?).to_lowercase(),
-        ports: read_ports(&open_map(&pins, map_names::PORTS)?)?,
+        action: maps.settings.action()?.name().to_owned(),
+        ports: maps.ports.read()?,
         allowlist: allowlist.iter().map(ToString::to_string).collect(),
         allowlist_origins: origins(&allowlist, state_dir),
         counters: Family::ALL
@@ -227,18 +186,17 @@ pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyh
             })
             .collect(),
         rate_interval_secs: if rates.is_some() { secs } else { 0.0 },
-        top_dropped_sources: crate::samples::top_sources(
-            &open_map(&pins, map_names::DROPPED_SOURCES)?,
-            10,
-        )?
-        .into_iter()
-        .map(|(address, source)| DroppedSourceStatus {
-            address: address.to_string(),
-            samples: source.samples,
-            last_port: source.last_port,
-            last_seen_unix_secs: source.last_seen_unix_secs,
-        })
-        .collect(),
+        top_dropped_sources: maps
+            .dropped_sources
+            .top(10)?
+            .into_iter()
+            .map(|(address, source)| DroppedSourceStatus {
+                address: address.to_string(),
+                samples: source.samples,
+                last_port: source.last_port,
+                last_seen_unix_secs: source.last_seen_unix_secs,
+            })
+            .collect(),
     })
 }
 
@@ -293,20 +251,20 @@ pub fn render(status: &Status) -> String {
         out += &format!("  {:<44} {origin}\n", entry.prefix);
     }
     out += &format!("{:<8}", "counters");
-    for name in CounterValues::NAMES {
-        out += &format!("{name:>13}");
+    for counter in Counter::ALL {
+        out += &format!("{:>16}", counter.name());
     }
     out += "\n";
     for row in &status.counters {
         out += &format!("{:<8}", row.family);
-        for value in row.totals.values() {
-            out += &format!("{value:>13}");
+        for value in row.totals.0 {
+            out += &format!("{value:>16}");
         }
         out += "\n";
         if let Some(rates) = row.per_second {
             out += &format!("{:<8}", "  /s");
-            for value in rates.values() {
-                out += &format!("{value:>13.1}");
+            for value in rates.0 {
+                out += &format!("{value:>16.1}");
             }
             out += "\n";
         }
@@ -321,36 +279,4 @@ pub fn render(status: &Status) -> String {
         }
     }
     out
-}
-
-/// Removes pinned links (all, or `iface`'s) and, once no link is left, the maps.
-pub fn detach(pin_dir: &Path, iface: Option<&str>) -> anyhow::Result<Vec<String>> {
-    let pins = PinDir::new(pin_dir);
-    let links = pins.links()?;
-    let chosen: Vec<_> = links
-        .iter()
-        .filter(|link| iface.is_none_or(|i| i == link.iface))
-        .collect();
-    if chosen.is_empty() {
-        match iface {
-            Some(iface) => bail!(
-                "no mxguard filter is pinned for {iface} under {}",
-                pin_dir.display()
-            ),
-            None if pins.versions()?.is_empty() => {
-                bail!("nothing is pinned under {}", pin_dir.display())
-            }
-            None => {}
-        }
-    }
-    let mut detached = Vec::new();
-    for link in chosen {
-        std::fs::remove_file(&link.path)
-            .with_context(|| format!("removing {}", link.path.display()))?;
-        detached.push(link.iface.clone());
-    }
-    for version in pins.versions()? {
-        pins.remove_version_if_unused(version)?;
-    }
-    Ok(detached)
 }

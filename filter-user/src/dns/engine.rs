@@ -18,10 +18,7 @@ use super::{
     sources::{Source, Sources},
     state_file::{Saved, SavedFamily, SavedName, StateFile},
 };
-use crate::{
-    cidr::Cidr,
-    filter::{AllowlistChange, Filter},
-};
+use crate::{allowlist::AllowlistChange, cidr::Cidr, filter::Filter};
 
 /// A lookup that has not finished after this long counts as a timeout, whatever the resolver
 /// does, so one stuck query never stalls the other names.
@@ -467,7 +464,7 @@ impl Enforcer {
         configured: Action,
         strict: bool,
     ) -> anyhow::Result<Self> {
-        let change = filter.sync_allowlist(wanted)?;
+        let change = filter.allowlist.sync(wanted)?;
         for cidr in &change.added {
             tracing::info!(%cidr, "allowlist: added");
         }
@@ -490,7 +487,7 @@ impl Enforcer {
             );
             Action::Monitor
         };
-        filter.set_action(action)?;
+        filter.maps.settings.set_action(action)?;
         Ok(Enforcer { action, configured })
     }
 
@@ -505,7 +502,7 @@ impl Enforcer {
         let waiting_for_first_address = self.action != self.configured;
         self.configured = configured;
         if !waiting_for_first_address || configured == Action::Monitor {
-            filter.set_action(configured)?;
+            filter.maps.settings.set_action(configured)?;
             self.action = configured;
         }
         Ok(())
@@ -519,7 +516,7 @@ impl Enforcer {
         filter: &mut Filter,
         wanted: &BTreeSet<Cidr>,
     ) -> anyhow::Result<AllowlistChange> {
-        let change = filter.sync_allowlist(wanted)?;
+        let change = filter.allowlist.sync(wanted)?;
         if !change.is_empty() {
             tracing::info!(
                 added = %list(&change.added),
@@ -536,7 +533,7 @@ impl Enforcer {
                 );
             }
         } else if self.action != self.configured {
-            filter.set_action(self.configured)?;
+            filter.maps.settings.set_action(self.configured)?;
             self.action = self.configured;
             tracing::info!(
                 entries = wanted.len(),
