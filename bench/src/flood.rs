@@ -20,10 +20,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use filter_user::{
-    cidr::Cidr,
-    filter::{AttachMode, Filter},
-};
+use filter_user::{cidr::Cidr, filter::Filter, links::AttachMode};
 use serde::Serialize;
 use test_kit::netns::{self, Netns};
 
@@ -415,7 +412,7 @@ impl Drop for Installed {
         match self {
             Installed::None => {}
             Installed::Mxguard(filter, netns) => {
-                let _ = netns::enter_named(netns, || filter.detach_all());
+                let _ = netns::enter_named(netns, || filter.links.detach_all());
             }
             Installed::Xdp(ebpf, netns, link) => {
                 let program: Option<&mut Xdp> = ebpf

@@ -353,8 +353,8 @@ fn measure_all(
                         })
                         .context("program without a filter")?;
                     let fast_path = program.name == mxguard_name(*size, true);
-                    filter.set_fast_path(fast_path)?;
-                    Runner::Aya(filter.program()?)
+                    filter.allowlist.set_fast_path(fast_path);
+                    Runner::Aya(filter.program.xdp()?)
                 };
                 let mut total = 0.0;
                 let mut dropped = 0usize;

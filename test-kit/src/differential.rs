@@ -37,7 +37,7 @@ impl Differential {
             .map(|prefix| loader_cidr(*prefix))
             .collect();
         let filter = load_filter(&policy.ports, &allow, Some(policy.action.into()))?;
-        let counters = filter.counters()?;
+        let counters = filter.maps.counters.read()?;
         Ok(Differential {
             filter,
             policy,
@@ -52,7 +52,7 @@ impl Differential {
 
     /// Runs `frame` once through the program.
     pub fn run(&self, frame: &[u8]) -> anyhow::Result<Run> {
-        test_run(self.filter.program()?, frame, RunOptions::default())
+        test_run(self.filter.program.xdp()?, frame, RunOptions::default())
     }
 
     /// Compares program and reference on `frame`. With `check_counters`, also reads the
@@ -115,7 +115,7 @@ impl Differential {
     }
 
     fn resync(&mut self) {
-        if let Ok(now) = self.filter.counters() {
+        if let Ok(now) = self.filter.maps.counters.read() {
             self.counters = now;
         }
         self.pending = Counters::default();
@@ -126,7 +126,9 @@ impl Differential {
     pub fn check_counters(&mut self) -> Result<(), String> {
         let now = self
             .filter
-            .counters()
+            .maps
+            .counters
+            .read()
             .map_err(|error| format!("{error:#}"))?;
         let mut delta = Counters::default();
         for family in Family::ALL {

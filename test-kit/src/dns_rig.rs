@@ -100,7 +100,10 @@ impl Rig {
 
     /// The allowlist as the kernel map holds it.
     pub fn allowlist(&self) -> BTreeSet<Cidr> {
-        self.filter.allowlist().expect("reading the allowlist")
+        self.filter
+            .allowlist
+            .entries()
+            .expect("reading the allowlist")
     }
 
     /// Applies the engine's updates until `done(map, stats)` holds; panics after `timeout`.
@@ -172,14 +175,14 @@ impl Rig {
             output: false,
             ..RunOptions::default()
         };
-        test_run(self.filter.program().expect("program"), &frame, options)
+        test_run(self.filter.program.xdp().expect("program"), &frame, options)
             .unwrap_or_else(|error| panic!("{error:#}"))
             .action
     }
 
     /// The program's counters, all families summed.
     pub fn counters(&self) -> FamilyCounters {
-        self.filter.counters().expect("counters").total()
+        self.filter.maps.counters.read().expect("counters").total()
     }
 
     /// Stops the engine task (the filter stays loaded until the rig drops).
@@ -199,7 +202,8 @@ impl Drop for Rig {
 /// program's map ids, for reading it from another thread while the rig updates it.
 pub fn trie_handle<K: aya::Pod>(filter: &Filter, name: &str) -> LpmTrie<MapData, K, u8> {
     let ids = filter
-        .program()
+        .program
+        .xdp()
         .expect("program")
         .info()
         .expect("program info")

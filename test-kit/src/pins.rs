@@ -19,7 +19,7 @@ impl TestPins {
             "/sys/fs/bpf/mxguard-test-{}-{id}",
             std::process::id()
         ));
-        filter_user::pins::PinDir::new(&path)
+        filter_user::links::PinDir::new(&path)
             .ensure_bpffs()
             .expect("bpffs on /sys/fs/bpf");
         TestPins { path }

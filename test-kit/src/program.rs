@@ -33,9 +33,9 @@ pub fn xdp_name(value: u32) -> &'static str {
 /// each other's state), protects `ports`, allowlists `allow` and, if given, sets `action`;
 /// without one the action stays the load default, `Drop`.
 ///
-/// Every prefix goes in as it is, through `Filter::allow`: a test may hold a non-canonical
+/// Every prefix goes in as it is, through `Allowlist::allow`: a test may hold a non-canonical
 /// entry on purpose (an IPv4-mapped prefix in the IPv6 trie), which must reach the trie
-/// unchanged. On a freshly loaded program this is what `sync_allowlist` does too.
+/// unchanged. On a freshly loaded program this is what `Allowlist::sync` does too.
 pub fn load_filter(
     ports: &BTreeSet<u16>,
     allow: &[Cidr],
@@ -44,15 +44,22 @@ pub fn load_filter(
     crate::root::ensure_root("loading the XDP program")?;
     let mut filter = Filter::load().context("loading the XDP program")?;
     filter
-        .set_ports(ports, &BTreeSet::new())
+        .maps
+        .ports
+        .set(ports, &BTreeSet::new())
         .with_context(|| format!("protecting ports {ports:?}"))?;
     for cidr in allow {
         filter
+            .allowlist
             .allow(cidr)
             .with_context(|| format!("allowlisting {cidr} ({} prefixes)", allow.len()))?;
     }
     if let Some(action) = action {
-        filter.set_action(action).context("setting the action")?;
+        filter
+            .maps
+            .settings
+            .set_action(action)
+            .context("setting the action")?;
     }
     Ok(filter)
 }
@@ -131,19 +138,25 @@ impl Harness {
     }
 
     pub fn set_action(&mut self, action: Action) {
-        self.filter.set_action(action).expect("setting the action");
+        self.filter
+            .maps
+            .settings
+            .set_action(action)
+            .expect("setting the action");
     }
 
     /// Runs `frame` once through the program.
     pub fn run(&self, frame: &[u8]) -> Run {
-        let program = self.filter.program().expect("program");
+        let program = self.filter.program.xdp().expect("program");
         test_run(program, frame, RunOptions::default()).unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     pub fn counters(&self, family: Family) -> FamilyCounters {
         *self
             .filter
-            .counters()
+            .maps
+            .counters
+            .read()
             .expect("reading counters")
             .family(family)
     }

@@ -19,9 +19,10 @@ fn cidr(text: &str) -> Cidr {
 fn expect(harness: &mut Harness, cases: &[(&str, u32)]) {
     let mut failures = Vec::new();
     for fast_path in [true, false] {
-        harness.filter.set_fast_path(fast_path).expect("fast path");
+        harness.filter.allowlist.set_fast_path(fast_path);
         harness
             .filter
+            .allowlist
             .verify_fast_path()
             .expect("kernel bitmap matches the allowlist");
         for &(source, action) in cases {
@@ -33,7 +34,7 @@ fn expect(harness: &mut Harness, cases: &[(&str, u32)]) {
             }
         }
     }
-    harness.filter.set_fast_path(true).expect("fast path");
+    harness.filter.allowlist.set_fast_path(true);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -94,8 +95,12 @@ fn the_whole_space_and_removals_keep_verdicts_exact() {
         ],
     );
     // Removing /0 must clear every bit except the block of the nested /26.
-    harness.filter.disallow(&cidr("0.0.0.0/0")).unwrap();
-    harness.filter.disallow(&cidr("::/0")).unwrap();
+    harness
+        .filter
+        .allowlist
+        .disallow(&cidr("0.0.0.0/0"))
+        .unwrap();
+    harness.filter.allowlist.disallow(&cidr("::/0")).unwrap();
     expect(
         &mut harness,
         &[
@@ -113,7 +118,11 @@ fn removing_one_of_two_prefixes_in_a_block_keeps_the_other() {
         &[25],
         &["203.0.113.0/26", "203.0.113.192/26", "2001:db8:2::/48"],
     );
-    harness.filter.disallow(&cidr("203.0.113.0/26")).unwrap();
+    harness
+        .filter
+        .allowlist
+        .disallow(&cidr("203.0.113.0/26"))
+        .unwrap();
     expect(
         &mut harness,
         &[
@@ -125,8 +134,12 @@ fn removing_one_of_two_prefixes_in_a_block_keeps_the_other() {
     // Syncing to a set without the block's prefixes clears it; nested prefixes, removed in
     // either order, leave nothing behind.
     let wanted = BTreeSet::from([cidr("198.51.100.0/24"), cidr("198.51.100.7/32")]);
-    harness.filter.sync_allowlist(&wanted).unwrap();
-    harness.filter.disallow(&cidr("198.51.100.0/24")).unwrap();
+    harness.filter.allowlist.sync(&wanted).unwrap();
+    harness
+        .filter
+        .allowlist
+        .disallow(&cidr("198.51.100.0/24"))
+        .unwrap();
     expect(
         &mut harness,
         &[
@@ -136,7 +149,11 @@ fn removing_one_of_two_prefixes_in_a_block_keeps_the_other() {
             ("2001:db8:2::1", XDP_DROP),
         ],
     );
-    harness.filter.disallow(&cidr("198.51.100.7/32")).unwrap();
+    harness
+        .filter
+        .allowlist
+        .disallow(&cidr("198.51.100.7/32"))
+        .unwrap();
     expect(&mut harness, &[("198.51.100.7", XDP_DROP)]);
 }
 
@@ -154,7 +171,11 @@ fn a_prefix_on_a_word_boundary_of_the_bitmap() {
             ("198.64.1.1", XDP_DROP),
         ],
     );
-    harness.filter.disallow(&cidr("198.63.128.0/17")).unwrap();
+    harness
+        .filter
+        .allowlist
+        .disallow(&cidr("198.63.128.0/17"))
+        .unwrap();
     expect(
         &mut harness,
         &[("198.63.255.255", XDP_DROP), ("198.64.0.1", XDP_PASS)],
@@ -163,7 +184,7 @@ fn a_prefix_on_a_word_boundary_of_the_bitmap() {
 
 #[test]
 fn a_reload_over_pinned_maps_rebuilds_the_bitmaps_from_the_tries() {
-    use filter_user::{filter::Filter, pins::PinDir};
+    use filter_user::{filter::Filter, links::PinDir};
     test_kit::root::require_root();
     let root = std::path::PathBuf::from(format!(
         "/sys/fs/bpf/mxguard-test-fastpath-{}",
@@ -180,8 +201,8 @@ fn a_reload_over_pinned_maps_rebuilds_the_bitmaps_from_the_tries() {
     let _cleanup = Cleanup(root.clone());
     {
         let mut first = Filter::load_pinned(&pins).expect("first load");
-        first.allow(&cidr("198.51.100.0/24")).unwrap();
-        first.allow(&cidr("2001:db8:1::/48")).unwrap();
+        first.allowlist.allow(&cidr("198.51.100.0/24")).unwrap();
+        first.allowlist.allow(&cidr("2001:db8:1::/48")).unwrap();
     }
     // A pin directory made before the fast path existed has tries but no bitmaps: unpin the
     // bitmaps, so the next load reuses the tries and creates zeroed bitmaps.
@@ -193,13 +214,16 @@ fn a_reload_over_pinned_maps_rebuilds_the_bitmaps_from_the_tries() {
     }
     let second = Filter::load_pinned(&pins).expect("second load");
     second
+        .allowlist
         .verify_fast_path()
         .expect("bitmaps rebuilt from the pinned tries");
     let mut harness = Harness { filter: second };
     // The pinned PORTS map carries over too, but protect port 25 explicitly.
     harness
         .filter
-        .set_ports(&BTreeSet::from([25]), &BTreeSet::new())
+        .maps
+        .ports
+        .set(&BTreeSet::from([25]), &BTreeSet::new())
         .unwrap();
     for (source, action) in [
         ("198.51.100.7", XDP_PASS),

@@ -661,8 +661,8 @@ fn port_set_changes_at_run_time() {
 
     let old = BTreeSet::from([25]);
     let new = BTreeSet::from([2525, 65535, 1]);
-    harness.filter.set_ports(&new, &old).unwrap();
-    assert_eq!(harness.filter.ports().unwrap(), new);
+    harness.filter.maps.ports.set(&new, &old).unwrap();
+    assert_eq!(harness.filter.maps.ports.read().unwrap(), new);
     assert_eq!(harness.run(&to_25).action, XDP_PASS, "25 released");
     assert_eq!(harness.run(&to_2525).action, XDP_DROP, "2525 protected");
     assert_eq!(
@@ -678,7 +678,12 @@ fn port_set_changes_at_run_time() {
         XDP_PASS
     );
 
-    harness.filter.set_ports(&BTreeSet::new(), &new).unwrap();
+    harness
+        .filter
+        .maps
+        .ports
+        .set(&BTreeSet::new(), &new)
+        .unwrap();
     assert_eq!(harness.run(&to_2525).action, XDP_PASS, "no ports protected");
 }
 
@@ -728,12 +733,12 @@ fn allowlist_updates_take_effect_immediately() {
         "203.0.113.0/24".parse().unwrap(),
         "2001:db8:bad::/48".parse().unwrap(),
     ]);
-    let change = harness.filter.sync_allowlist(&wanted).unwrap();
+    let change = harness.filter.allowlist.sync(&wanted).unwrap();
     assert_eq!(change.added.len(), 2);
-    assert_eq!(harness.filter.allowlist().unwrap(), wanted);
+    assert_eq!(harness.filter.allowlist.entries().unwrap(), wanted);
     assert_eq!(harness.run(&frame).action, XDP_PASS);
     assert_eq!(harness.run(&syn(SPAM_V6).bytes()).action, XDP_PASS);
-    let change = harness.filter.sync_allowlist(&BTreeSet::new()).unwrap();
+    let change = harness.filter.allowlist.sync(&BTreeSet::new()).unwrap();
     assert_eq!(change.removed.len(), 2);
     assert_eq!(harness.run(&frame).action, XDP_DROP);
 }
@@ -899,7 +904,7 @@ fn reject_is_rate_limited_per_cpu() {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pinning to CPU 0");
     let mut harness = Harness::new(&[25], ALLOW);
     harness.set_action(Action::Reject);
-    harness.filter.set_reject_rate(3).unwrap();
+    harness.filter.maps.settings.set_reject_rate(3).unwrap();
     let frame = syn(SPAM_V4).bytes();
     let actions: Vec<u32> = (0..5).map(|_| harness.run(&frame).action).collect();
     assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);

@@ -1122,7 +1122,11 @@ mod tests {
         for (prefix, source, inside) in table {
             let prefix: Prefix = prefix.parse().unwrap();
             let source: IpAddr = source.parse().unwrap();
-            assert_eq!(prefix.contains(source), inside, "{prefix} contains {source}");
+            assert_eq!(
+                prefix.contains(source),
+                inside,
+                "{prefix} contains {source}"
+            );
         }
         assert_eq!(Prefix::from(SRC4).to_string(), "192.0.2.10/32");
         assert!("192.0.2.0/x".parse::<Prefix>().is_err());
