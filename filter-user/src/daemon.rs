@@ -33,6 +33,8 @@ pub async fn run(
     }
     let pins = PinDir::new(&plan.options.pin_dir);
     pins.ensure_bpffs()?;
+    // Before the maps are touched: a second daemon on the same pins must not change them.
+    let _pin_lock = pins.lock()?;
     // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
     let mut filter = Filter::load_pinned(&pins)?;
     let previous_ports = filter.maps.ports.read()?;

@@ -490,6 +490,32 @@ impl PinDir {
         Ok(true)
     }
 
+    /// Takes the pin directory for this daemon alone, for as long as the returned lock lives:
+    /// two daemons on one directory would overwrite each other's maps. A second daemon gets an
+    /// error naming the first.
+    pub fn lock(&self) -> anyhow::Result<PinDirLock> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let dir = std::fs::File::open(&self.root)
+            .with_context(|| format!("opening {}", self.root.display()))?;
+        match nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(PinDirLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = lock_holder(&self.root)
+                    .map(|pid| format!("pid {pid}{}", process_summary(pid)))
+                    .unwrap_or_else(|| "another process".to_owned());
+                bail!(
+                    "another mxguard daemon ({holder}) is running on pin directory {}: stop it \
+                     first, or give this one its own --pin-dir",
+                    self.root.display()
+                )
+            }
+            Err((_, errno)) => {
+                Err(errno).with_context(|| format!("locking {}", self.root.display()))
+            }
+        }
+    }
+
     /// Makes sure the pin directory is on bpffs, mounting bpffs on /sys/fs/bpf when that is
     /// where it should be and nothing is mounted there yet.
     pub fn ensure_bpffs(&self) -> anyhow::Result<()> {
@@ -519,6 +545,45 @@ impl PinDir {
             self.root.display()
         )
     }
+}
+
+/// Held by the daemon while it runs: an exclusive `flock` on the pin directory, released when
+/// the process ends however it ends.
+pub struct PinDirLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The process holding a `flock` on `path`, from /proc/locks (which names lock holders by
+/// device and inode).
+fn lock_holder(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path).ok()?;
+    let dev = metadata.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 30644 00:28:156704 0 EOF`
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str()))
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// `: <command line>` of a process, for naming it in an error.
+fn process_summary(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|raw| {
+            let words: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|word| !word.is_empty())
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect();
+            format!(": {}", words.join(" "))
+        })
+        .unwrap_or_default()
 }
 
 fn is_bpffs(path: &Path) -> anyhow::Result<bool> {

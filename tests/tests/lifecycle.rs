@@ -274,3 +274,59 @@ fn status_works_with_the_daemon_down_and_detach_removes_everything() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no mxguard filter is pinned"));
 }
+
+#[test]
+fn a_second_daemon_on_the_same_pins_exits_naming_the_first_and_changes_nothing() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let mut first = start(&lab, &pins);
+
+    // Another allowlist, another port and another action: had it run, all three would show.
+    let mut command = lab.server.command(mxguard_bin());
+    command.args([
+        "run",
+        "--iface",
+        "eth0",
+        "--allow",
+        "192.0.2.66",
+        "--port",
+        "2525",
+        "--action",
+        "monitor",
+        "--pin-dir",
+        pins.arg(),
+        "--stats-interval",
+        "0",
+    ]);
+    let mut second = Daemon::spawn(command);
+    let status = second.wait_exit(Duration::from_secs(20));
+    let log = second.log();
+    assert!(
+        !status.success(),
+        "the second daemon must refuse to run: {log}"
+    );
+    assert!(
+        log.contains(&format!("another mxguard daemon (pid {}", first.id()))
+            && log.contains(pins.arg()),
+        "the error names the first daemon and the pin directory: {log}"
+    );
+
+    let status = status_json(&lab, &pins);
+    assert_eq!(
+        status["allowlist"],
+        serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"]),
+        "the first daemon's allowlist is untouched"
+    );
+    assert_eq!(status["ports"], serde_json::json!([25]), "ports untouched");
+    assert_eq!(status["action"], "drop", "action untouched");
+    assert!(
+        first.log().matches("attached XDP filter").count() == 1,
+        "the first daemon kept running undisturbed: {}",
+        first.log_tail()
+    );
+
+    // Once the first is gone, the pins are free for a successor.
+    assert!(first.stop().success());
+    let mut successor = start(&lab, &pins);
+    assert!(successor.stop().success());
+}
