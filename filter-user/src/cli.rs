@@ -180,6 +180,13 @@ pub struct RunArgs {
     /// For development.
     #[arg(long)]
     pub detach_on_exit: bool,
+
+    /// Run even though the pin directory's bpffs is private to this mount namespace (as under
+    /// `ip netns exec`, or in a unit with private mounts that mounts bpffs itself): the filter
+    /// then ends when the daemon exits. Without it such a start is refused, unless
+    /// --detach-on-exit says that is wanted anyway.
+    #[arg(long)]
+    pub accept_private_pins: bool,
 }
 
 impl Default for RunArgs {

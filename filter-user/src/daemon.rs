@@ -10,7 +10,7 @@ use crate::{
     cli::RunPlan,
     dns::{AllowlistUpdate, DnsEngine, Enforcer},
     filter::Filter,
-    links::{AttachOutcome, PinDir, detach_unconfigured},
+    links::{AttachOutcome, PinDir, PinPersistence, detach_unconfigured},
     metrics,
     samples::DropSamples,
 };
@@ -35,6 +35,7 @@ pub async fn run(
     pins.ensure_bpffs()?;
     // Before the maps are touched: a second daemon on the same pins must not change them.
     let _pin_lock = pins.lock()?;
+    let pins_outlive_us = check_persistence(&pins, &plan)?;
     // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
     let mut filter = Filter::load_pinned(&pins)?;
     let previous_ports = filter.maps.ports.read()?;
@@ -137,13 +138,52 @@ pub async fn run(
     if plan.options.detach_on_exit {
         filter.links.detach_all();
         tracing::info!("detached; bye");
-    } else {
+    } else if pins_outlive_us {
         tracing::info!(
             pins = %plan.options.pin_dir.display(),
             "the filter stays attached and enforcing; `mxguard detach` removes it"
         );
+    } else {
+        tracing::warn!(
+            pins = %plan.options.pin_dir.display(),
+            "the pins are private to this mount namespace: the filter ends with this process"
+        );
     }
     Ok(())
+}
+
+/// Refuses to start a filter that would silently vanish when the daemon exits: pins on a bpffs
+/// that only this mount namespace sees. Returns whether the pins outlive the daemon.
+fn check_persistence(pins: &PinDir, plan: &RunPlan) -> anyhow::Result<bool> {
+    let options = &plan.options;
+    match pins.persistence()? {
+        PinPersistence::Host => Ok(true),
+        PinPersistence::Unknown => {
+            tracing::warn!(
+                pins = %pins.root().display(),
+                "cannot inspect the init mount namespace: if this bpffs is private to this one \
+                 (ip netns exec, a unit with private mounts), the filter ends with the daemon"
+            );
+            Ok(true)
+        }
+        PinPersistence::PrivateMountNamespace if options.detach_on_exit => Ok(false),
+        PinPersistence::PrivateMountNamespace if options.accept_private_pins => {
+            tracing::warn!(
+                pins = %pins.root().display(),
+                "the bpffs under the pin directory is private to this mount namespace: the \
+                 filter will end when the daemon exits (--accept-private-pins)"
+            );
+            Ok(false)
+        }
+        PinPersistence::PrivateMountNamespace => anyhow::bail!(
+            "the bpffs under pin directory {} is not visible from the host's (init) mount \
+             namespace, so the filter would vanish when this daemon exits (ip netns exec \
+             remounts /sys; a systemd unit with private mounts gets its own /sys/fs/bpf). Mount \
+             bpffs in the host namespace first (mount -t bpf bpf /sys/fs/bpf), or confirm with \
+             --accept-private-pins (or use --detach-on-exit)",
+            pins.root().display()
+        ),
+    }
 }
 
 fn stats_ticker(plan: &RunPlan) -> Option<tokio::time::Interval> {

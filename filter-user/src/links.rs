@@ -516,6 +516,42 @@ impl PinDir {
         }
     }
 
+    /// Whether the pins outlive this process: they do when the bpffs holding them is mounted in
+    /// the init mount namespace too (the same superblock, at any path). Under `ip netns exec`,
+    /// or in a unit with private mounts, a bpffs mounted from inside is private to this
+    /// process's mount namespace, and the filter would end with the daemon.
+    pub fn persistence(&self) -> anyhow::Result<PinPersistence> {
+        // Not by comparing /proc/1/ns/mnt with our own: reading it needs ptrace rights on PID 1,
+        // which sandboxes and hardened hosts refuse, while its mountinfo stays readable.
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = std::fs::metadata(&self.root)
+            .with_context(|| format!("reading {}", self.root.display()))?
+            .dev();
+        let wanted = format!(
+            "{}:{}",
+            nix::sys::stat::major(dev),
+            nix::sys::stat::minor(dev)
+        );
+        let Ok(mounts) = std::fs::read_to_string("/proc/1/mountinfo") else {
+            return Ok(PinPersistence::Unknown);
+        };
+        // `36 35 0:28 / /sys/fs/bpf rw,nosuid shared:9 - bpf bpf rw,mode=700`
+        let visible = mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            let device = fields.nth(2);
+            let fs_type = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next());
+            device == Some(wanted.as_str()) && fs_type == Some("bpf")
+        });
+        Ok(if visible {
+            PinPersistence::Host
+        } else {
+            PinPersistence::PrivateMountNamespace
+        })
+    }
+
     /// Makes sure the pin directory is on bpffs, mounting bpffs on /sys/fs/bpf when that is
     /// where it should be and nothing is mounted there yet.
     pub fn ensure_bpffs(&self) -> anyhow::Result<()> {
@@ -545,6 +581,17 @@ impl PinDir {
             self.root.display()
         )
     }
+}
+
+/// Whether pinned objects outlive the process that pinned them (see [`PinDir::persistence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinPersistence {
+    /// The bpffs is mounted where the init mount namespace sees it: pins stay.
+    Host,
+    /// The bpffs exists only in this process's mount namespace: pins end with it.
+    PrivateMountNamespace,
+    /// The init mount namespace could not be inspected.
+    Unknown,
 }
 
 /// Held by the daemon while it runs: an exclusive `flock` on the pin directory, released when

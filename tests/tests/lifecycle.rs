@@ -330,3 +330,106 @@ fn a_second_daemon_on_the_same_pins_exits_naming_the_first_and_changes_nothing()
     let mut successor = start(&lab, &pins);
     assert!(successor.stop().success());
 }
+
+/// A directory for a bpffs mounted inside a private mount namespace (so the host never sees the
+/// mount); removed on drop.
+struct PrivateMountPoint(std::path::PathBuf);
+
+impl PrivateMountPoint {
+    fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("mxguard-private-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("creating the mount point");
+        PrivateMountPoint(path)
+    }
+}
+
+impl Drop for PrivateMountPoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `mxguard run` in its own mount namespace, on pins in a bpffs mounted only there: what
+/// `ip netns exec` or a unit with private mounts that mounts bpffs itself amounts to.
+fn start_on_private_pins(lab: &MailLab, mount_point: &PrivateMountPoint, extra: &[&str]) -> Daemon {
+    let dir = mount_point.0.display().to_string();
+    let script = format!(
+        "mount -t bpf bpf {dir} && exec {bin} run --iface eth0 --allow 192.0.2.10 \
+         --pin-dir {dir}/pins --stats-interval 0 \"$@\"",
+        bin = mxguard_bin().display()
+    );
+    let mut command = lab.server.command("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    Daemon::spawn(command)
+}
+
+#[test]
+fn pins_private_to_a_mount_namespace_are_refused_unless_confirmed() {
+    let lab = MailLab::new();
+    let mount_point = PrivateMountPoint::new();
+    let _smtp = lab.server.listen(25);
+    let to = smtp(MailLab::SERVER.v4);
+
+    let mut refused = start_on_private_pins(&lab, &mount_point, &[]);
+    let status = refused.wait_exit(Duration::from_secs(20));
+    let log = refused.log();
+    assert!(
+        !status.success(),
+        "a filter that would vanish with the daemon must not start: {log}"
+    );
+    assert!(
+        log.contains("not visible from the host") && log.contains("--accept-private-pins"),
+        "the error says plainly what is wrong and how to confirm: {log}"
+    );
+    assert!(
+        lab.direct.connect(to, Duration::from_secs(2)).is_ok(),
+        "nothing was attached by the refused start"
+    );
+
+    let mut confirmed = start_on_private_pins(&lab, &mount_point, &["--accept-private-pins"]);
+    confirmed.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    assert!(
+        confirmed.log().contains("private to this mount namespace"),
+        "a confirmed start still warns: {}",
+        confirmed.log_tail()
+    );
+    assert!(
+        lab.direct.connect(to, Duration::from_millis(500)).is_err(),
+        "the confirmed filter enforces while the daemon runs"
+    );
+    assert!(confirmed.stop().success());
+    assert!(
+        confirmed
+            .log()
+            .contains("the filter ends with this process")
+            && !confirmed.log().contains("stays attached and enforcing"),
+        "the exit message tells the truth: {}",
+        confirmed.log_tail()
+    );
+    // And so it is: the private bpffs went with the namespace, and the link with it.
+    let gone = (0..50).any(|_| {
+        let connected = lab.direct.connect(to, Duration::from_millis(200)).is_ok();
+        if !connected {
+            thread::sleep(Duration::from_millis(100));
+        }
+        connected
+    });
+    assert!(
+        gone,
+        "the filter on private pins ended with the daemon, as the log said"
+    );
+}
