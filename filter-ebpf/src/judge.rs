@@ -17,7 +17,7 @@ use crate::{
 pub struct Judgement {
     pub family: Family,
     pub outcome: Outcome,
-    /// Address of the IP header (of whatever follows layer 2 for non-IP frames).
+    /// Offset of the IP header in the frame (of whatever follows layer 2 for non-IP frames).
     pub ip: usize,
 }
 
@@ -30,7 +30,7 @@ pub enum Outcome {
     Malformed,
     /// Protected SYN, or a frame that could hide one, from an allowlisted source.
     SynAllowed,
-    /// Protected SYN from any other source; its TCP header is at address `tcp`.
+    /// Protected SYN from any other source; its TCP header is `tcp` bytes into the frame.
     SynDenied { tcp: usize },
     /// A fragment or header chain that could hide a SYN (F1 to F3), from a source not
     /// allowlisted.
@@ -59,7 +59,7 @@ enum Fragment {
 pub fn classify(frame: &Frame) -> Judgement {
     let mut cursor = frame.cursor();
     let ether_type = parse::ethernet(&mut cursor);
-    let ip = cursor.pos;
+    let ip = cursor.offset();
     let (family, outcome) = match ether_type {
         None => (Family::Other, Outcome::Malformed),
         Some(ETH_P_IPV4) => (Family::Ipv4, ipv4(&mut cursor)),
@@ -101,25 +101,32 @@ fn ipv6(cursor: &mut Cursor) -> Outcome {
     let mut next_header = ip.next_header;
     let mut fragment = Fragment::Whole;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        next_header = match parse::ipv6_extension(cursor, next_header) {
+        let (header, is_fragment, len) = match parse::ipv6_extension(cursor, next_header) {
             Extension::End => break,
             Extension::Truncated => return truncated_chain(fragment, source),
-            Extension::Other(next_header) => next_header,
-            Extension::Fragment(header) => {
-                fragment = match header.offset() {
-                    0 if header.more_fragments() => Fragment::First,
-                    // An atomic fragment header after a first-fragment one does not make the
-                    // datagram whole: the outer header already queued this frame for
-                    // reassembly, and the rest of the chain comes later.
-                    0 => fragment,
-                    1 if header.next_header == IPPROTO_TCP => {
-                        return deny_unless_allowlisted(source, Outcome::EvasiveDenied);
-                    }
-                    _ => return Outcome::Pass,
-                };
-                header.next_header
-            }
+            Extension::Header {
+                header,
+                fragment,
+                len,
+            } => (header, fragment, len),
         };
+        if is_fragment {
+            fragment = match header.fragment_offset() {
+                0 if header.more_fragments() => Fragment::First,
+                // An atomic fragment header after a first-fragment one does not make the
+                // datagram whole: the outer header already queued this frame for
+                // reassembly, and the rest of the chain comes later.
+                0 => fragment,
+                1 if header.next_header == IPPROTO_TCP => {
+                    return deny_unless_allowlisted(source, Outcome::EvasiveDenied);
+                }
+                _ => return Outcome::Pass,
+            };
+        }
+        next_header = header.next_header;
+        if !parse::skip_extension(cursor, len) {
+            return truncated_chain(fragment, source);
+        }
     }
     if next_header == IPPROTO_TCP {
         tcp(cursor, fragment, source)
@@ -161,7 +168,9 @@ fn tcp(cursor: &Cursor, fragment: Fragment, source: Source) -> Outcome {
         None => {}
     }
     let denied = match head {
-        Some(_) => Outcome::SynDenied { tcp: cursor.pos },
+        Some(_) => Outcome::SynDenied {
+            tcp: cursor.offset(),
+        },
         None => Outcome::EvasiveDenied,
     };
     if let Some(ports) = cursor.peek::<TcpPorts>()

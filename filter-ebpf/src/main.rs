@@ -82,12 +82,4 @@ fn deny(ctx: &XdpContext, frame: &mut Frame, judgement: &Judgement, row: Row) ->
     }
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+filter_common::bpf_object!();

@@ -2,7 +2,10 @@
 //! its header lies inside the frame (the verifier insists) and inside what the layers below say
 //! the packet holds, moves the cursor past it and hands it back; fields are read by name.
 
-use core::mem::{align_of, size_of};
+use core::{
+    hint::black_box,
+    mem::{align_of, size_of},
+};
 
 use aya_ebpf::programs::XdpContext;
 use filter_common::MAX_VLAN_TAGS;
@@ -40,10 +43,11 @@ impl Frame {
         }
     }
 
-    /// The header at address `at`, if it lies inside the frame.
+    /// The header `offset` bytes into the frame, if it lies inside the frame.
     #[inline(always)]
-    pub fn header<T: Header>(&self, at: usize) -> Option<&T> {
+    pub fn header<T: Header>(&self, offset: usize) -> Option<&T> {
         const { assert!(align_of::<T>() == 1) };
+        let at = self.start + offset;
         if at + size_of::<T>() > self.end {
             return None;
         }
@@ -52,15 +56,16 @@ impl Frame {
         Some(unsafe { &*(at as *const T) })
     }
 
-    /// The header at address `at` for rewriting, if it lies inside the frame.
+    /// The header `offset` bytes into the frame, for rewriting, if it lies inside the frame.
     #[inline(always)]
-    pub fn header_mut<T: Header>(&mut self, at: usize) -> Option<&mut T> {
+    pub fn header_mut<T: Header>(&mut self, offset: usize) -> Option<&mut T> {
         const { assert!(align_of::<T>() == 1) };
+        let at = self.start + offset;
         if at + size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: as in `header`; `&mut self` keeps any other view of the frame from being used
-        // meanwhile.
+        // SAFETY: as in `header`; `&mut self` keeps any other view of the frame from
+        // being used meanwhile.
         Some(unsafe { &mut *(at as *mut T) })
     }
 
@@ -73,47 +78,77 @@ impl Frame {
     #[inline(always)]
     pub fn cursor(&self) -> Cursor<'_> {
         Cursor {
-            pos: self.start,
-            limit: self.end,
+            offset: 0,
+            limit: usize::MAX,
             frame: self,
         }
     }
 }
 
-/// Where parsing stands in a frame.
+/// Where parsing stands in a frame. Positions are offsets from the frame's start, not packet
+/// pointers: the verifier can take as one the paths through the IPv6 walk that differ only in a
+/// scalar, which keeps it well inside its budget.
 pub struct Cursor<'a> {
     /// Where the next header starts.
-    pub pos: usize,
-    /// End of the bytes the headers parsed so far say the packet holds: the frame's end, then the
-    /// IP datagram's end. Bytes past it (Ethernet padding, an attacker's trailer) are never read,
-    /// because the kernel trims them away before anyone else looks.
+    offset: usize,
+    /// End of the IP datagram, once its header is read: bytes past it (Ethernet padding, an
+    /// attacker's trailer) are never read, because the kernel trims them away before anyone else
+    /// looks. Until then `usize::MAX`, leaving the frame's end, checked anyway, as the only bound.
     limit: usize,
     frame: &'a Frame,
 }
 
 impl<'a> Cursor<'a> {
+    /// Offset of the next header from the frame's start.
+    #[inline(always)]
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
     /// The next header, if it lies inside the limit; the cursor moves past it.
     #[inline(always)]
     pub fn take<T: Header>(&mut self) -> Option<&'a T> {
         let header = self.peek::<T>()?;
-        self.pos += size_of::<T>();
+        self.offset += size_of::<T>();
         Some(header)
     }
 
     /// The next header, if it lies inside the limit; the cursor stays.
     #[inline(always)]
     pub fn peek<T: Header>(&self) -> Option<&'a T> {
-        if self.pos + size_of::<T>() > self.limit {
+        if self.offset + size_of::<T>() > self.limit {
             return None;
         }
-        self.frame.header(self.pos)
+        self.frame.header(self.offset)
+    }
+
+    /// Do `len` bytes from the cursor lie inside the limit?
+    #[inline(always)]
+    fn fits(&self, len: usize) -> bool {
+        self.offset + len <= self.limit
     }
 
     /// Moves on `len` bytes; false when that passes the limit.
     #[inline(always)]
     fn skip(&mut self, len: usize) -> bool {
-        self.pos += len;
-        self.pos <= self.limit
+        self.offset += len;
+        self.offset <= self.limit
+    }
+
+    /// Bytes from `offset` to the frame's end (`offset` lies inside the frame).
+    #[inline(always)]
+    fn frame_bytes_from(&self, offset: usize) -> usize {
+        self.frame.len() - offset
+    }
+
+    /// Limits the cursor to the datagram ending at `limit`, which the caller checked lies inside
+    /// the frame.
+    #[inline(always)]
+    fn limit_to(&mut self, limit: usize) {
+        // Opaque to LLVM: knowing the limit lies inside the frame, it would drop each read's
+        // check against `data_end` as implied by the check against the limit, and the verifier,
+        // which only trusts comparisons with `data_end`, would reject the read.
+        self.limit = black_box(limit);
     }
 }
 
@@ -211,18 +246,18 @@ impl Ipv4Hdr {
 /// None: malformed.
 #[inline(always)]
 pub fn ipv4<'a>(cursor: &mut Cursor<'a>) -> Option<&'a Ipv4Hdr> {
-    let start = cursor.pos;
+    let start = cursor.offset;
     let ip = cursor.take::<Ipv4Hdr>()?;
     let header_len = ip.header_len();
     if ip.version() != 4 || header_len < size_of::<Ipv4Hdr>() {
         return None;
     }
     let total_len = ip.total_len();
-    if total_len < header_len || total_len > cursor.limit - start {
+    if total_len < header_len || total_len > cursor.frame_bytes_from(start) {
         return None;
     }
-    cursor.pos = start + header_len;
-    cursor.limit = start + total_len;
+    cursor.offset = start + header_len;
+    cursor.limit_to(start + total_len);
     Some(ip)
 }
 
@@ -261,59 +296,61 @@ pub fn ipv6<'a>(cursor: &mut Cursor<'a>) -> Option<&'a Ipv6Hdr> {
     if ip.version() != 6 {
         return None;
     }
-    let payload_end = cursor.pos + ip.payload_len();
-    if payload_end > cursor.limit {
+    let payload_end = cursor.offset + ip.payload_len();
+    if payload_end > cursor.frame_bytes_from(0) {
         return None;
     }
-    cursor.limit = payload_end;
+    cursor.limit_to(payload_end);
     Some(ip)
 }
 
-/// The first bytes every IPv6 extension header starts with.
+/// The first 4 bytes of an IPv6 extension header: all the walk reads of it. Copied out whole
+/// (it is all fields the walk needs): a packet pointer kept across the walk's branches would
+/// tell apart, for the verifier, paths it can otherwise take as one.
 #[repr(C)]
-struct Ipv6ExtHdr {
-    next_header: u8,
-    /// In 8-byte units after the first 8 (4-byte units after the first 8 for AH).
+#[derive(Clone, Copy)]
+pub struct Ipv6ExtHdr {
+    pub next_header: u8,
+    /// The header's length: in 8-byte units after the first 8 (4-byte units for AH);
+    /// reserved in a fragment header.
     len: u8,
-    _rest: [u8; 2],
+    /// In a fragment header, the offset (top 13 bits, in 8-byte units) and the M flag (lowest
+    /// bit), RFC 8200; options or data in the others.
+    offset_flags: [u8; 2],
 }
 
 impl Header for Ipv6ExtHdr {}
 
-#[repr(C)]
-pub struct Ipv6FragHdr {
-    pub next_header: u8,
-    _reserved: u8,
-    offset_flags: [u8; 2],
-    _identification: [u8; 4],
-}
-
-impl Header for Ipv6FragHdr {}
-
-impl Ipv6FragHdr {
-    /// In 8-byte units (the top 13 bits, RFC 8200).
+impl Ipv6ExtHdr {
+    /// Fragment offset in 8-byte units (in a fragment header).
     #[inline(always)]
-    pub fn offset(&self) -> u16 {
+    pub fn fragment_offset(&self) -> u16 {
         u16::from_be_bytes(self.offset_flags) >> 3
     }
 
+    /// The M flag (in a fragment header).
     #[inline(always)]
     pub fn more_fragments(&self) -> bool {
         self.offset_flags[1] & 1 != 0
     }
 }
 
+const IPV6_FRAGMENT_HDR_LEN: usize = 8;
+
 /// What one step along the IPv6 header chain found.
-pub enum Extension<'a> {
+pub enum Extension {
     /// `next_header` is no extension header: the chain ends here.
     End,
-    /// The header does not fit in the payload (its first 4 bytes or its whole length); it was
-    /// not interpreted.
+    /// The header does not fit in the payload (its first 4 bytes, or a fragment header's 8);
+    /// it was not interpreted.
     Truncated,
-    /// A fragment header; the cursor is past it.
-    Fragment(&'a Ipv6FragHdr),
-    /// Any other extension header, skipped without reading its content; its next header.
-    Other(u8),
+    /// An extension header that fits as far as it has to be read; `len` is its whole length,
+    /// which `skip_extension` steps over.
+    Header {
+        header: Ipv6ExtHdr,
+        fragment: bool,
+        len: usize,
+    },
 }
 
 /// Is `next_header` one of the extension headers the walk steps over?
@@ -326,28 +363,38 @@ pub fn is_extension(next_header: u8) -> bool {
 }
 
 /// One step along the IPv6 header chain: the extension header `next_header` names, if any.
+/// The cursor stays on it; `skip_extension` moves past it.
 #[inline(always)]
-pub fn ipv6_extension<'a>(cursor: &mut Cursor<'a>, next_header: u8) -> Extension<'a> {
+pub fn ipv6_extension(cursor: &Cursor, next_header: u8) -> Extension {
     if !is_extension(next_header) {
         return Extension::End;
     }
-    let Some(ext) = cursor.peek::<Ipv6ExtHdr>() else {
+    let Some(&header) = cursor.peek::<Ipv6ExtHdr>() else {
         return Extension::Truncated;
     };
-    let len = match next_header {
+    let (fragment, len) = match next_header {
         IPV6_FRAGMENT => {
-            return match cursor.take::<Ipv6FragHdr>() {
-                Some(fragment) => Extension::Fragment(fragment),
-                None => Extension::Truncated,
-            };
+            // A fragment header cut short is not read: the chain is truncated as it stands
+            // before this header.
+            if !cursor.fits(IPV6_FRAGMENT_HDR_LEN) {
+                return Extension::Truncated;
+            }
+            (true, IPV6_FRAGMENT_HDR_LEN)
         }
-        IPV6_AH => (usize::from(ext.len) + 2) * 4,
-        _ => (usize::from(ext.len) + 1) * 8,
+        IPV6_AH => (false, (usize::from(header.len) + 2) * 4),
+        _ => (false, (usize::from(header.len) + 1) * 8),
     };
-    if !cursor.skip(len) {
-        return Extension::Truncated;
+    Extension::Header {
+        header,
+        fragment,
+        len,
     }
-    Extension::Other(ext.next_header)
+}
+
+/// Moves past an extension header of `len` bytes; false when its end passes the payload's.
+#[inline(always)]
+pub fn skip_extension(cursor: &mut Cursor, len: usize) -> bool {
+    cursor.skip(len)
 }
 
 /// The TCP header up to the ports: all a tiny first fragment may hold.

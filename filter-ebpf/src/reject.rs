@@ -16,8 +16,8 @@ const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
 const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
 const TCP_LEN: usize = size_of::<TcpHdr>();
 
-/// Rewrites the frame into a RST answering the SYN whose IP header is at address `ip` and TCP
-/// header at `tcp`, and trims it. False leaves the caller to drop the frame.
+/// Rewrites the frame into a RST answering the SYN whose IP header is `ip` bytes into the frame
+/// and TCP header `tcp` bytes, and trims it. False leaves the caller to drop the frame.
 #[inline(always)]
 pub fn answer_with_rst(
     ctx: &XdpContext,
@@ -71,12 +71,11 @@ pub fn answer_with_rst(
         return false;
     };
     *out = rst;
-    let start = frame.start;
-    let Some(eth) = frame.header_mut::<EthHdr>(start) else {
+    let Some(eth) = frame.header_mut::<EthHdr>(0) else {
         return false;
     };
     swap(&mut eth.dst, &mut eth.src);
-    let delta = (ip + ip_len + TCP_LEN - start) as i64 - frame.len() as i64;
+    let delta = (ip + ip_len + TCP_LEN) as i64 - frame.len() as i64;
     // SAFETY: shrinking the frame we were handed; no packet pointer is used afterwards.
     delta == 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } == 0
 }
