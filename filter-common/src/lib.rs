@@ -319,7 +319,9 @@ impl FamilyCounters {
 
     /// Every counter with its value, in row order.
     pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
-        Counter::ALL.into_iter().map(|counter| (counter, self.get(counter)))
+        Counter::ALL
+            .into_iter()
+            .map(|counter| (counter, self.get(counter)))
     }
 }
 
@@ -358,4 +360,23 @@ mod pod {
     unsafe impl aya::Pod for super::DropSample {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DroppedSource {}
+}
+
+/// What every BPF object of the workspace needs besides its programs: a panic handler (the
+/// verifier proves no path reaches it) and a GPL-compatible licence, without which the kernel
+/// refuses GPL-only helpers such as `bpf_ktime_get_coarse_ns`. Invoke once at the crate root.
+#[cfg(target_arch = "bpf")]
+#[macro_export]
+macro_rules! bpf_object {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
 }
