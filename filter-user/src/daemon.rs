@@ -304,13 +304,13 @@ pub fn summary(counters: &Counters) -> String {
         parts.push(format!(
             "{}: frames={} syn_allowed={} syn_dropped={} syn_rejected={} syn_would_drop={} evasive_dropped={} malformed={}",
             family.label(),
-            row.frames,
-            row.syn_allowed,
-            row.syn_dropped,
-            row.syn_rejected,
-            row.syn_would_drop,
-            row.evasive_dropped,
-            row.malformed
+            row.get(filter_common::Counter::Frames),
+            row.get(filter_common::Counter::SynAllowed),
+            row.get(filter_common::Counter::SynDropped),
+            row.get(filter_common::Counter::SynRejected),
+            row.get(filter_common::Counter::SynWouldDrop),
+            row.get(filter_common::Counter::EvasiveDropped),
+            row.get(filter_common::Counter::Malformed)
         ));
     }
     format!("counters {}", parts.join(" | "))

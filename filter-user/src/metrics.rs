@@ -23,18 +23,21 @@ pub fn publish_counters(counters: &Counters) {
     for family in Family::ALL {
         let row = counters.family(family);
         let label = family.label();
-        counter!("mxguard_frames_total", "family" => label).absolute(row.frames);
+        counter!("mxguard_frames_total", "family" => label)
+            .absolute(row.get(filter_common::Counter::Frames));
         for (verdict, value) in [
-            ("allowed", row.syn_allowed),
-            ("dropped", row.syn_dropped),
-            ("rejected", row.syn_rejected),
-            ("would_drop", row.syn_would_drop),
+            ("allowed", row.get(filter_common::Counter::SynAllowed)),
+            ("dropped", row.get(filter_common::Counter::SynDropped)),
+            ("rejected", row.get(filter_common::Counter::SynRejected)),
+            ("would_drop", row.get(filter_common::Counter::SynWouldDrop)),
         ] {
             counter!("mxguard_protected_syns_total", "family" => label, "verdict" => verdict)
                 .absolute(value);
         }
-        counter!("mxguard_evasive_dropped_total", "family" => label).absolute(row.evasive_dropped);
-        counter!("mxguard_malformed_total", "family" => label).absolute(row.malformed);
+        counter!("mxguard_evasive_dropped_total", "family" => label)
+            .absolute(row.get(filter_common::Counter::EvasiveDropped));
+        counter!("mxguard_malformed_total", "family" => label)
+            .absolute(row.get(filter_common::Counter::Malformed));
     }
 }
 

@@ -100,14 +100,14 @@ impl Verdict {
     /// Adds this frame to `counters` the way the program counts it.
     pub fn count(&self, counters: &mut Counters) {
         let row: &mut FamilyCounters = &mut counters.0[self.family as usize];
-        row.frames += 1;
+        row.bump(filter_common::Counter::Frames);
         match self.counter {
             Counter::None => {}
-            Counter::SynAllowed => row.syn_allowed += 1,
-            Counter::SynDropped => row.syn_dropped += 1,
-            Counter::SynWouldDrop => row.syn_would_drop += 1,
-            Counter::EvasiveDropped => row.evasive_dropped += 1,
-            Counter::Malformed => row.malformed += 1,
+            Counter::SynAllowed => row.bump(filter_common::Counter::SynAllowed),
+            Counter::SynDropped => row.bump(filter_common::Counter::SynDropped),
+            Counter::SynWouldDrop => row.bump(filter_common::Counter::SynWouldDrop),
+            Counter::EvasiveDropped => row.bump(filter_common::Counter::EvasiveDropped),
+            Counter::Malformed => row.bump(filter_common::Counter::Malformed),
         }
     }
 }
@@ -979,9 +979,24 @@ mod tests {
     fn tally_counts_rows() {
         let frames = [v4_syn(OTHER4, 25), v6_syn(SRC6, 25), vec![0; 5]];
         let counters = tally(frames.iter().map(Vec::as_slice), &policy(RuleAction::Drop));
-        assert_eq!(counters.family(Family::Ipv4).syn_dropped, 1);
-        assert_eq!(counters.family(Family::Ipv6).syn_allowed, 1);
-        assert_eq!(counters.family(Family::Other).malformed, 1);
-        assert_eq!(counters.total().frames, 3);
+        assert_eq!(
+            counters
+                .family(Family::Ipv4)
+                .get(filter_common::Counter::SynDropped),
+            1
+        );
+        assert_eq!(
+            counters
+                .family(Family::Ipv6)
+                .get(filter_common::Counter::SynAllowed),
+            1
+        );
+        assert_eq!(
+            counters
+                .family(Family::Other)
+                .get(filter_common::Counter::Malformed),
+            1
+        );
+        assert_eq!(counters.total().get(filter_common::Counter::Frames), 3);
     }
 }

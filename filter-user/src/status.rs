@@ -105,26 +105,47 @@ impl CounterValues {
 
     fn of(row: &FamilyCounters) -> Self {
         CounterValues {
-            frames: row.frames as f64,
-            syn_allowed: row.syn_allowed as f64,
-            syn_dropped: row.syn_dropped as f64,
-            syn_rejected: row.syn_rejected as f64,
-            syn_would_drop: row.syn_would_drop as f64,
-            evasive_dropped: row.evasive_dropped as f64,
-            malformed: row.malformed as f64,
+            frames: row.get(filter_common::Counter::Frames) as f64,
+            syn_allowed: row.get(filter_common::Counter::SynAllowed) as f64,
+            syn_dropped: row.get(filter_common::Counter::SynDropped) as f64,
+            syn_rejected: row.get(filter_common::Counter::SynRejected) as f64,
+            syn_would_drop: row.get(filter_common::Counter::SynWouldDrop) as f64,
+            evasive_dropped: row.get(filter_common::Counter::EvasiveDropped) as f64,
+            malformed: row.get(filter_common::Counter::Malformed) as f64,
         }
     }
 
     fn rate(before: &FamilyCounters, after: &FamilyCounters, secs: f64) -> Self {
         let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
         CounterValues {
-            frames: per(after.frames, before.frames),
-            syn_allowed: per(after.syn_allowed, before.syn_allowed),
-            syn_dropped: per(after.syn_dropped, before.syn_dropped),
-            syn_rejected: per(after.syn_rejected, before.syn_rejected),
-            syn_would_drop: per(after.syn_would_drop, before.syn_would_drop),
-            evasive_dropped: per(after.evasive_dropped, before.evasive_dropped),
-            malformed: per(after.malformed, before.malformed),
+            frames: per(
+                after.get(filter_common::Counter::Frames),
+                before.get(filter_common::Counter::Frames),
+            ),
+            syn_allowed: per(
+                after.get(filter_common::Counter::SynAllowed),
+                before.get(filter_common::Counter::SynAllowed),
+            ),
+            syn_dropped: per(
+                after.get(filter_common::Counter::SynDropped),
+                before.get(filter_common::Counter::SynDropped),
+            ),
+            syn_rejected: per(
+                after.get(filter_common::Counter::SynRejected),
+                before.get(filter_common::Counter::SynRejected),
+            ),
+            syn_would_drop: per(
+                after.get(filter_common::Counter::SynWouldDrop),
+                before.get(filter_common::Counter::SynWouldDrop),
+            ),
+            evasive_dropped: per(
+                after.get(filter_common::Counter::EvasiveDropped),
+                before.get(filter_common::Counter::EvasiveDropped),
+            ),
+            malformed: per(
+                after.get(filter_common::Counter::Malformed),
+                before.get(filter_common::Counter::Malformed),
+            ),
         }
     }
 }

@@ -157,17 +157,11 @@ impl Differential {
         let mut delta = Counters::default();
         for family in Family::ALL {
             let (after, before) = (now.family(family), self.counters.family(family));
-            // Every field by name, no `..`: a counter added later fails to compile here
-            // instead of going unchecked.
-            delta.0[family as usize] = FamilyCounters {
-                frames: after.frames - before.frames,
-                syn_allowed: after.syn_allowed - before.syn_allowed,
-                syn_dropped: after.syn_dropped - before.syn_dropped,
-                syn_would_drop: after.syn_would_drop - before.syn_would_drop,
-                syn_rejected: after.syn_rejected - before.syn_rejected,
-                evasive_dropped: after.evasive_dropped - before.evasive_dropped,
-                malformed: after.malformed - before.malformed,
-            };
+            // Every counter of the shared definition: a counter added later is checked too.
+            let row = &mut delta.0[family as usize];
+            for (counter, value) in after.iter() {
+                row.values[counter as usize] = value - before.get(counter);
+            }
         }
         let expected = std::mem::take(&mut self.pending);
         self.counters = now;

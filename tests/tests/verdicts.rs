@@ -67,22 +67,40 @@ fn malformed(name: &'static str, frame: Vec<u8>, family: Family) -> Case {
 
 fn delta(before: &FamilyCounters, after: &FamilyCounters) -> (u64, Bumps, u64) {
     let changes = [
-        (after.syn_allowed - before.syn_allowed, Bumps::Allowed),
-        (after.syn_dropped - before.syn_dropped, Bumps::Dropped),
         (
-            after.syn_would_drop - before.syn_would_drop,
+            after.get(filter_common::Counter::SynAllowed)
+                - before.get(filter_common::Counter::SynAllowed),
+            Bumps::Allowed,
+        ),
+        (
+            after.get(filter_common::Counter::SynDropped)
+                - before.get(filter_common::Counter::SynDropped),
+            Bumps::Dropped,
+        ),
+        (
+            after.get(filter_common::Counter::SynWouldDrop)
+                - before.get(filter_common::Counter::SynWouldDrop),
             Bumps::WouldDrop,
         ),
         (
-            after.evasive_dropped - before.evasive_dropped,
+            after.get(filter_common::Counter::EvasiveDropped)
+                - before.get(filter_common::Counter::EvasiveDropped),
             Bumps::Evasive,
         ),
-        (after.malformed - before.malformed, Bumps::Malformed),
+        (
+            after.get(filter_common::Counter::Malformed)
+                - before.get(filter_common::Counter::Malformed),
+            Bumps::Malformed,
+        ),
     ];
     let bumped: Vec<_> = changes.iter().filter(|(n, _)| *n > 0).collect();
     let total: u64 = bumped.iter().map(|(n, _)| n).sum();
     let which = bumped.first().map(|(_, b)| *b).unwrap_or(Bumps::Nothing);
-    (after.frames - before.frames, which, total)
+    (
+        after.get(filter_common::Counter::Frames) - before.get(filter_common::Counter::Frames),
+        which,
+        total,
+    )
 }
 
 /// Runs every case, collecting all mismatches before failing.
@@ -875,13 +893,21 @@ fn reject_action_answers_with_a_valid_rst() {
         ),
     ];
     for (name, frame) in &cases {
-        let before = harness.counters(Family::Ipv4).syn_rejected
-            + harness.counters(Family::Ipv6).syn_rejected;
+        let before = harness
+            .counters(Family::Ipv4)
+            .get(filter_common::Counter::SynRejected)
+            + harness
+                .counters(Family::Ipv6)
+                .get(filter_common::Counter::SynRejected);
         let run = harness.run(frame);
         assert_eq!(run.action, XDP_TX, "{name}");
         assert_valid_rst(name, frame, &run.output);
-        let after = harness.counters(Family::Ipv4).syn_rejected
-            + harness.counters(Family::Ipv6).syn_rejected;
+        let after = harness
+            .counters(Family::Ipv4)
+            .get(filter_common::Counter::SynRejected)
+            + harness
+                .counters(Family::Ipv6)
+                .get(filter_common::Counter::SynRejected);
         assert_eq!(after, before + 1, "{name}: syn_rejected counted");
     }
     // Allowed, unprotected and evasive frames are not answered.
@@ -917,5 +943,11 @@ fn reject_is_rate_limited_per_cpu() {
     let actions: Vec<u32> = (0..5).map(|_| harness.run(&frame).action).collect();
     assert_eq!(actions, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
     let row = harness.counters(Family::Ipv4);
-    assert_eq!((row.syn_rejected, row.syn_dropped), (3, 2));
+    assert_eq!(
+        (
+            row.get(filter_common::Counter::SynRejected),
+            row.get(filter_common::Counter::SynDropped)
+        ),
+        (3, 2)
+    );
 }
