@@ -8,23 +8,25 @@ use crate::maps::{
     ALLOW_V4, ALLOW_V4_BLOCKS, ALLOW_V4_SUMMARY, ALLOW_V6, ALLOW_V6_BLOCKS, ALLOW_V6_SUMMARY,
 };
 
-/// A source address, read in place from the frame.
+/// A source address, copied out of the frame: the mapped-address test and the trie key then
+/// read it with word loads from the stack, where packet bytes cost one load each (measured
+/// faster on IPv6 floods), and the verifier has fewer packet pointers to tell paths apart by.
 #[derive(Clone, Copy)]
-pub enum Source<'a> {
-    V4(&'a [u8; 4]),
-    V6(&'a [u8; 16]),
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
 }
 
 #[inline(always)]
 pub fn allowlisted(source: Source) -> bool {
     match source {
-        Source::V4(address) => allowlisted_v4(address),
-        Source::V6(address) => match ipv4_mapped(address) {
+        Source::V4(address) => allowlisted_v4(&address),
+        Source::V6(address) => match ipv4_mapped(&address) {
             // ::ffff:a.b.c.d is an IPv4 host: judge it by the IPv4 list.
             Some(address) => allowlisted_v4(address),
             None => {
-                may_be_allowed(&ALLOW_V6_SUMMARY, &ALLOW_V6_BLOCKS, address)
-                    && ALLOW_V6.get(Key::new(128, *address)).is_some()
+                may_be_allowed(&ALLOW_V6_SUMMARY, &ALLOW_V6_BLOCKS, &address)
+                    && ALLOW_V6.get(Key::new(128, address)).is_some()
             }
         },
     }

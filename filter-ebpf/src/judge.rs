@@ -89,7 +89,7 @@ fn ipv4(cursor: &mut Cursor) -> Outcome {
         // A later fragment carries no TCP header; reassembly rejects overlaps.
         _ => return Outcome::Pass,
     };
-    tcp(cursor, fragment, Source::V4(&ip.saddr))
+    tcp(cursor, fragment, Source::V4(ip.saddr))
 }
 
 #[inline(always)]
@@ -97,7 +97,7 @@ fn ipv6(cursor: &mut Cursor) -> Outcome {
     let Some(ip) = parse::ipv6(cursor) else {
         return Outcome::Malformed;
     };
-    let source = Source::V6(&ip.saddr);
+    let source = Source::V6(ip.saddr);
     let mut next_header = ip.next_header;
     let mut fragment = Fragment::Whole;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -157,23 +157,21 @@ fn tcp(cursor: &Cursor, fragment: Fragment, source: Source) -> Outcome {
         // F2, whatever the port.
         return deny_unless_allowlisted(source, Outcome::EvasiveDenied);
     }
-    let head = cursor.peek::<TcpHead>();
-    match head {
+    let (ports, denied) = match cursor.peek::<TcpHead>() {
         Some(head) if !head.is_syn() => return Outcome::Pass,
-        Some(_) => {}
+        Some(head) => (
+            Some(&head.ports),
+            Outcome::SynDenied {
+                tcp: cursor.offset(),
+            },
+        ),
         // A whole segment too short for the flags: the kernel discards it.
         None if fragment != Fragment::First => return Outcome::Malformed,
         // F1, a tiny first fragment (RFC 1858): the flags come in a later fragment. It passes
         // only when the port is readable and not protected, or the source is allowlisted.
-        None => {}
-    }
-    let denied = match head {
-        Some(_) => Outcome::SynDenied {
-            tcp: cursor.offset(),
-        },
-        None => Outcome::EvasiveDenied,
+        None => (cursor.peek::<TcpPorts>(), Outcome::EvasiveDenied),
     };
-    if let Some(ports) = cursor.peek::<TcpPorts>()
+    if let Some(ports) = ports
         && !port_protected(ports.dest_port())
     {
         return Outcome::Pass;
