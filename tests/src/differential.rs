@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Context as _;
 use aya::programs::{TestRun, TestRunOptions};
-use filter_common::{Family, FamilyCounters};
+use filter_common::Family;
 use filter_user::{
     cidr::Cidr,
     filter::{Counters, Filter},
