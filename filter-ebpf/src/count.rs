@@ -20,8 +20,7 @@ impl Row {
     #[inline(always)]
     pub fn denials(self) -> Option<u64> {
         let row = self.0?;
-        // SAFETY: this CPU's slot of a per-CPU array; XDP runs with preemption off, so no one
-        // else writes it meanwhile.
+        // SAFETY: this CPU's per-CPU slot; XDP runs with preemption off, so no one else writes it.
         let row = unsafe { &*row };
         Some(
             Counter::DENIALS
@@ -37,25 +36,18 @@ impl Row {
         let Some(row) = self.0 else {
             return;
         };
-        // SAFETY: as in `denials`.
+        // SAFETY: this CPU's per-CPU slot; XDP runs with preemption off, so no one else writes it.
         let row = unsafe { &mut *row };
         row.bump(Counter::Frames);
-        if let Some(counter) = counter(outcome, verdict) {
-            row.bump(counter);
+        // One arm per counter, each a store at a fixed offset.
+        match (outcome, verdict) {
+            (_, Verdict::WouldDrop) => row.bump(Counter::SynWouldDrop),
+            (_, Verdict::Rejected) => row.bump(Counter::SynRejected),
+            (Outcome::SynDenied { .. }, _) => row.bump(Counter::SynDropped),
+            (Outcome::EvasiveDenied, _) => row.bump(Counter::EvasiveDropped),
+            (Outcome::Malformed, _) => row.bump(Counter::Malformed),
+            (Outcome::SynAllowed, _) => row.bump(Counter::SynAllowed),
+            (Outcome::Pass, _) => {}
         }
     }
-}
-
-/// The counter for how a frame ended, besides `Frames`.
-#[inline(always)]
-fn counter(outcome: Outcome, verdict: Verdict) -> Option<Counter> {
-    Some(match (outcome, verdict) {
-        (_, Verdict::WouldDrop) => Counter::SynWouldDrop,
-        (_, Verdict::Rejected) => Counter::SynRejected,
-        (Outcome::SynDenied { .. }, _) => Counter::SynDropped,
-        (Outcome::EvasiveDenied, _) => Counter::EvasiveDropped,
-        (Outcome::Malformed, _) => Counter::Malformed,
-        (Outcome::SynAllowed, _) => Counter::SynAllowed,
-        (Outcome::Pass, _) => return None,
-    })
 }

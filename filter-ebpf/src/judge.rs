@@ -106,9 +106,9 @@ fn ipv6(cursor: &mut Cursor) -> Outcome {
             Extension::Truncated => return truncated_chain(fragment, source),
             Extension::Header {
                 header,
-                fragment,
+                is_fragment,
                 len,
-            } => (header, fragment, len),
+            } => (header, is_fragment, len),
         };
         if is_fragment {
             fragment = match header.fragment_offset() {
@@ -124,7 +124,7 @@ fn ipv6(cursor: &mut Cursor) -> Outcome {
             };
         }
         next_header = header.next_header;
-        if !parse::skip_extension(cursor, len) {
+        if !cursor.skip(len) {
             return truncated_chain(fragment, source);
         }
     }

@@ -51,8 +51,7 @@ impl Frame {
         if at + size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: the header lies inside [data, data_end), checked just above; T has alignment 1
-        // and no invalid bit patterns.
+        // SAFETY: inside [data, data_end) as checked above; T has alignment 1, any bits valid.
         Some(unsafe { &*(at as *const T) })
     }
 
@@ -64,8 +63,7 @@ impl Frame {
         if at + size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: as in `header`; `&mut self` keeps any other view of the frame from
-        // being used meanwhile.
+        // SAFETY: as in `header`, and `&mut self` keeps every other view of the frame unused.
         Some(unsafe { &mut *(at as *mut T) })
     }
 
@@ -130,7 +128,7 @@ impl<'a> Cursor<'a> {
 
     /// Moves on `len` bytes; false when that passes the limit.
     #[inline(always)]
-    fn skip(&mut self, len: usize) -> bool {
+    pub fn skip(&mut self, len: usize) -> bool {
         self.offset += len;
         self.offset <= self.limit
     }
@@ -345,10 +343,10 @@ pub enum Extension {
     /// it was not interpreted.
     Truncated,
     /// An extension header that fits as far as it has to be read; `len` is its whole length,
-    /// which `skip_extension` steps over.
+    /// which `Cursor::skip` steps over.
     Header {
         header: Ipv6ExtHdr,
-        fragment: bool,
+        is_fragment: bool,
         len: usize,
     },
 }
@@ -363,7 +361,7 @@ pub fn is_extension(next_header: u8) -> bool {
 }
 
 /// One step along the IPv6 header chain: the extension header `next_header` names, if any.
-/// The cursor stays on it; `skip_extension` moves past it.
+/// The cursor stays on it; `Cursor::skip` moves past it.
 #[inline(always)]
 pub fn ipv6_extension(cursor: &Cursor, next_header: u8) -> Extension {
     if !is_extension(next_header) {
@@ -372,7 +370,7 @@ pub fn ipv6_extension(cursor: &Cursor, next_header: u8) -> Extension {
     let Some(&header) = cursor.peek::<Ipv6ExtHdr>() else {
         return Extension::Truncated;
     };
-    let (fragment, len) = match next_header {
+    let (is_fragment, len) = match next_header {
         IPV6_FRAGMENT => {
             // A fragment header cut short is not read: the chain is truncated as it stands
             // before this header.
@@ -386,15 +384,9 @@ pub fn ipv6_extension(cursor: &Cursor, next_header: u8) -> Extension {
     };
     Extension::Header {
         header,
-        fragment,
+        is_fragment,
         len,
     }
-}
-
-/// Moves past an extension header of `len` bytes; false when its end passes the payload's.
-#[inline(always)]
-pub fn skip_extension(cursor: &mut Cursor, len: usize) -> bool {
-    cursor.skip(len)
 }
 
 /// The TCP header up to the ports: all a tiny first fragment may hold.
