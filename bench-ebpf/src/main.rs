@@ -17,14 +17,4 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-// The licence the kernel reads from the object: GPL-compatible, like mxguard's program.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
-
-// Neither program can panic; a no_std binary must still name a handler.
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
+filter_common::bpf_object!();

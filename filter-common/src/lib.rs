@@ -370,3 +370,22 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DroppedSource {}
 }
+
+/// What every BPF object of the workspace needs besides its programs: a panic handler (the
+/// verifier proves no path reaches it) and a GPL-compatible licence, without which the kernel
+/// refuses GPL-only helpers such as `bpf_ktime_get_coarse_ns`. Invoke once at the crate root.
+#[cfg(target_arch = "bpf")]
+#[macro_export]
+macro_rules! bpf_object {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

@@ -1,164 +1,170 @@
 //! The `reject` action: turn a denied SYN into a TCP RST+ACK in place and bounce it back out
 //! with XDP_TX, as the kernel's `tcp_v4_send_reset` / `tcp_v6_send_reset` would answer.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::PerCpuArray, programs::XdpContext};
-use filter_common::{Family, RateWindow};
+use core::mem::{size_of, swap};
 
-use crate::{Frame, be16};
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use filter_common::Family;
 
-const NS_PER_SEC: u64 = 1_000_000_000;
-const TCP_FIN: u8 = 0x01;
-const TCP_RST_ACK: u8 = 0x14;
+use crate::{
+    checksum::Checksum,
+    parse::{EthHdr, Frame, IPPROTO_TCP, Ipv4Hdr, Ipv6Hdr, TcpHdr, TcpHead, TcpPorts},
+};
 
-/// Takes one token from this CPU's one-second window in `slot`; false when it is spent.
-/// The coarse clock (jiffies) is plenty for a one-second window and cheaper per call.
-#[inline(always)]
-pub fn within_rate(windows: &PerCpuArray<RateWindow>, slot: u32, per_sec: u32) -> bool {
-    let Some(window) = windows.get_ptr_mut(slot) else {
-        return false;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array; XDP runs with preemption off.
-    let window = unsafe { &mut *window };
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now.wrapping_sub(window.window_start_ns) >= NS_PER_SEC {
-        window.window_start_ns = now;
-        window.sent = 0;
-    }
-    if window.sent >= u64::from(per_sec) {
-        return false;
-    }
-    window.sent += 1;
-    true
-}
+const TTL: u8 = 64;
+const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
+const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
+const TCP_LEN: usize = size_of::<TcpHdr>();
 
-/// One's-complement sum of big-endian 16-bit words (`bytes` has an even length).
-#[inline(always)]
-fn sum_words(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-/// The RST's TCP header (no options), checksum left zero.
-#[inline(always)]
-fn rst_header(syn: &[u8; 20], segment_len: usize) -> [u8; 20] {
-    let header_len = usize::from(syn[12] >> 4) * 4;
-    let data_len = segment_len.saturating_sub(header_len) as u32;
-    let seq = u32::from_be_bytes([syn[4], syn[5], syn[6], syn[7]]);
-    // Acknowledge everything the SYN occupied: SYN itself, FIN if set, and any data.
-    let ack = seq
-        .wrapping_add(1)
-        .wrapping_add(u32::from(syn[13] & TCP_FIN))
-        .wrapping_add(data_len);
-    let ack = ack.to_be_bytes();
-    [
-        syn[2],
-        syn[3],
-        syn[0],
-        syn[1], // ports swapped
-        0,
-        0,
-        0,
-        0, // seq 0: the SYN carried no ACK
-        ack[0],
-        ack[1],
-        ack[2],
-        ack[3],
-        5 << 4,
-        TCP_RST_ACK,
-        0,
-        0, // window
-        0,
-        0, // checksum
-        0,
-        0, // urgent pointer
-    ]
-}
-
-/// Rewrites the frame into a RST answering the SYN whose IP header starts at `l3` and TCP
-/// header at `l4`, and trims it. False leaves the caller to drop the frame.
+/// Rewrites the frame into a RST answering the SYN whose IP header is `ip` bytes into the frame
+/// and TCP header `tcp` bytes, and trims it. False leaves the caller to drop the frame.
 #[inline(always)]
 pub fn answer_with_rst(
     ctx: &XdpContext,
-    frame: &Frame,
+    frame: &mut Frame,
     family: Family,
-    l3: usize,
-    l4: usize,
+    ip: usize,
+    tcp: usize,
 ) -> bool {
-    // Read everything first: the headers are overwritten in place.
-    let (Some(eth), Some(syn)) = (frame.bytes::<12>(0), frame.bytes::<20>(l4)) else {
-        return false;
-    };
-    let mut eth_swapped = [0u8; 12];
-    eth_swapped[..6].copy_from_slice(&eth[6..12]);
-    eth_swapped[6..].copy_from_slice(&eth[..6]);
-
-    let new_len = match family {
-        Family::Ipv4 => {
-            let Some(ip) = frame.bytes::<20>(l3) else {
-                return false;
-            };
-            let segment_len = usize::from(be16(ip[2], ip[3])).saturating_sub(l4 - l3);
-            let mut tcp = rst_header(&syn, segment_len);
-            let mut header = [
-                0x45, 0, 0, 40, // version, IHL 5, total length 40
-                0, 0, 0x40, 0, // id 0, DF
-                64, 6, 0, 0, // TTL, TCP, checksum
-                ip[16], ip[17], ip[18], ip[19], // source: the SYN's destination
-                ip[12], ip[13], ip[14], ip[15], // destination: the SYN's source
-            ];
-            let ip_sum = fold(sum_words(0, &header)).to_be_bytes();
-            header[10] = ip_sum[0];
-            header[11] = ip_sum[1];
-            // Pseudo-header: addresses, protocol, TCP length.
-            let pseudo = sum_words(6 + 20, &header[12..20]);
-            let tcp_sum = fold(sum_words(pseudo, &tcp)).to_be_bytes();
-            tcp[16] = tcp_sum[0];
-            tcp[17] = tcp_sum[1];
-            if !(frame.write(l3, &header) && frame.write(l3 + 20, &tcp)) {
-                return false;
-            }
-            l3 + 40
-        }
-        Family::Ipv6 => {
-            let Some(ip) = frame.bytes::<40>(l3) else {
-                return false;
-            };
-            let segment_len = (usize::from(be16(ip[4], ip[5])) + 40).saturating_sub(l4 - l3);
-            let mut tcp = rst_header(&syn, segment_len);
-            let mut header = [0u8; 40];
-            header[0] = 0x60;
-            header[5] = 20; // payload length
-            header[6] = 6; // next header TCP
-            header[7] = 64; // hop limit
-            header[8..24].copy_from_slice(&ip[24..40]);
-            header[24..40].copy_from_slice(&ip[8..24]);
-            let pseudo = sum_words(6 + 20, &header[8..40]);
-            let tcp_sum = fold(sum_words(pseudo, &tcp)).to_be_bytes();
-            tcp[16] = tcp_sum[0];
-            tcp[17] = tcp_sum[1];
-            if !(frame.write(l3, &header) && frame.write(l3 + 40, &tcp)) {
-                return false;
-            }
-            l3 + 60
-        }
+    // The SYN's IP header is rewritten in place and its TCP header may move (IPv4 options,
+    // IPv6 extension headers), so the RST's TCP header is built aside first.
+    let (rst, ip_len) = match family {
+        Family::Ipv4 => match frame.header::<Ipv4Hdr>(ip) {
+            Some(header) => (
+                rst_for(frame, tcp, header.total_len().saturating_sub(tcp - ip)),
+                IPV4_LEN,
+            ),
+            None => return false,
+        },
+        Family::Ipv6 => match frame.header::<Ipv6Hdr>(ip) {
+            Some(header) => (
+                rst_for(
+                    frame,
+                    tcp,
+                    (header.payload_len() + IPV6_LEN).saturating_sub(tcp - ip),
+                ),
+                IPV6_LEN,
+            ),
+            None => return false,
+        },
         Family::Other => return false,
     };
-    if !frame.write(0, &eth_swapped) {
+    let Some(mut rst) = rst else {
         return false;
-    }
-    let delta = new_len as i64 - (frame.end - frame.start) as i64;
+    };
+    let pseudo_header = match family {
+        Family::Ipv4 => {
+            let Some(header) = frame.header_mut::<Ipv4Hdr>(ip) else {
+                return false;
+            };
+            answer_ipv4(header)
+        }
+        _ => {
+            let Some(header) = frame.header_mut::<Ipv6Hdr>(ip) else {
+                return false;
+            };
+            answer_ipv6(header)
+        }
+    };
+    rst.check = pseudo_header.add_tcp(&rst).finish();
+    let Some(out) = frame.header_mut::<TcpHdr>(ip + ip_len) else {
+        return false;
+    };
+    *out = rst;
+    let Some(eth) = frame.header_mut::<EthHdr>(0) else {
+        return false;
+    };
+    swap(&mut eth.dst, &mut eth.src);
+    let delta = (ip + ip_len + TCP_LEN) as i64 - frame.len() as i64;
     // SAFETY: shrinking the frame we were handed; no packet pointer is used afterwards.
-    delta == 0 || unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } == 0
+    delta == 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } == 0
+}
+
+/// The RST's TCP header (no options), checksum left zero, answering the SYN at `tcp` whose
+/// segment is `segment_len` bytes long. None: no whole TCP header to answer.
+#[inline(always)]
+fn rst_for(frame: &Frame, tcp: usize, segment_len: usize) -> Option<TcpHdr> {
+    let syn = &frame.header::<TcpHdr>(tcp)?.head;
+    let data_len = segment_len.saturating_sub(syn.header_len()) as u32;
+    // Acknowledge everything the SYN occupied: SYN itself, FIN if set, and any data.
+    let ack = u32::from_be_bytes(syn.seq)
+        .wrapping_add(1)
+        .wrapping_add(u32::from(syn.flags & TcpHead::FIN))
+        .wrapping_add(data_len);
+    Some(TcpHdr {
+        head: TcpHead {
+            ports: TcpPorts {
+                source: syn.ports.dest,
+                dest: syn.ports.source,
+            },
+            // Sequence 0: the SYN carried no ACK to take it from.
+            seq: [0; 4],
+            ack_seq: ack.to_be_bytes(),
+            data_offset: ((TCP_LEN / 4) as u8) << 4,
+            flags: TcpHead::RST | TcpHead::ACK,
+        },
+        window: [0; 2],
+        check: [0; 2],
+        urgent: [0; 2],
+    })
+}
+
+/// Turns the SYN's IPv4 header into the RST's (no options, DF); returns the TCP pseudo-header
+/// sum.
+#[inline(always)]
+fn answer_ipv4(ip: &mut Ipv4Hdr) -> Checksum {
+    ip.version_ihl = Ipv4Hdr::VERSION_IHL_NO_OPTIONS;
+    ip.tos = 0;
+    ip.total_len = ((IPV4_LEN + TCP_LEN) as u16).to_be_bytes();
+    ip.id = [0; 2];
+    ip.flags_fragment_offset = Ipv4Hdr::DONT_FRAGMENT;
+    ip.ttl = TTL;
+    ip.protocol = IPPROTO_TCP;
+    ip.check = [0; 2];
+    swap(&mut ip.saddr, &mut ip.daddr);
+    ip.check = Checksum::default()
+        .add(&[ip.version_ihl, ip.tos])
+        .add(&ip.total_len)
+        .add(&ip.id)
+        .add(&ip.flags_fragment_offset)
+        .add(&[ip.ttl, ip.protocol])
+        .add(&ip.saddr)
+        .add(&ip.daddr)
+        .finish();
+    pseudo_header(&ip.saddr, &ip.daddr)
+}
+
+/// Turns the SYN's IPv6 header into the RST's (no extension headers); returns the TCP
+/// pseudo-header sum.
+#[inline(always)]
+fn answer_ipv6(ip: &mut Ipv6Hdr) -> Checksum {
+    ip.version_class_flow = Ipv6Hdr::VERSION_CLASS_FLOW;
+    ip.payload_len = (TCP_LEN as u16).to_be_bytes();
+    ip.next_header = IPPROTO_TCP;
+    ip.hop_limit = TTL;
+    swap(&mut ip.saddr, &mut ip.daddr);
+    pseudo_header(&ip.saddr, &ip.daddr)
+}
+
+/// The TCP pseudo-header: addresses, protocol, TCP length.
+#[inline(always)]
+fn pseudo_header(saddr: &[u8], daddr: &[u8]) -> Checksum {
+    Checksum::starting_at(u32::from(IPPROTO_TCP) + TCP_LEN as u32)
+        .add(saddr)
+        .add(daddr)
+}
+
+impl Checksum {
+    #[inline(always)]
+    fn add_tcp(self, tcp: &TcpHdr) -> Self {
+        let head = &tcp.head;
+        self.add(&head.ports.source)
+            .add(&head.ports.dest)
+            .add(&head.seq)
+            .add(&head.ack_seq)
+            .add(&[head.data_offset, head.flags])
+            .add(&tcp.window)
+            .add(&tcp.check)
+            .add(&tcp.urgent)
+    }
 }
