@@ -133,21 +133,24 @@ fn recreate_eth0(lab: &MailLab, mac: &str) {
         .expect("IPv6 address");
 }
 
+/// Connect attempts: when each started, and whether it connected.
+type Attempts = Vec<(Instant, bool)>;
+
 /// Connect attempts from the relay and the direct sender, each with its start time and outcome,
 /// until dropped.
 struct ConnectLoops {
     stop: Arc<AtomicBool>,
-    relay: Arc<Mutex<Vec<(Instant, bool)>>>,
-    direct: Arc<Mutex<Vec<(Instant, bool)>>>,
+    relay: Arc<Mutex<Attempts>>,
+    direct: Arc<Mutex<Attempts>>,
     workers: Vec<thread::JoinHandle<()>>,
 }
 
 impl ConnectLoops {
     fn start(lab: &MailLab) -> ConnectLoops {
         let stop = Arc::new(AtomicBool::new(false));
-        let relay: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
-        let direct: Arc<Mutex<Vec<(Instant, bool)>>> = Arc::default();
-        let worker = |tries: Arc<Mutex<Vec<(Instant, bool)>>>, timeout: Duration| {
+        let relay: Arc<Mutex<Attempts>> = Arc::default();
+        let direct: Arc<Mutex<Attempts>> = Arc::default();
+        let worker = |tries: Arc<Mutex<Attempts>>, timeout: Duration| {
             let stop = stop.clone();
             move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -175,13 +178,12 @@ impl ConnectLoops {
     }
 
     /// Stops the loops; returns (relay, direct) attempts.
-    fn finish(mut self) -> (Vec<(Instant, bool)>, Vec<(Instant, bool)>) {
+    fn finish(mut self) -> (Attempts, Attempts) {
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers.drain(..) {
             worker.join().expect("connect loop");
         }
-        let take =
-            |tries: &Mutex<Vec<(Instant, bool)>>| std::mem::take(&mut *tries.lock().unwrap());
+        let take = |tries: &Mutex<Attempts>| std::mem::take(&mut *tries.lock().unwrap());
         (take(&self.relay), take(&self.direct))
     }
 }
