@@ -12,6 +12,7 @@ use crate::{
     filter::Filter,
     links::{AttachOutcome, PinDir, PinPersistence, detach_unconfigured},
     metrics,
+    netwatch::InterfaceWatch,
     samples::DropSamples,
 };
 
@@ -74,6 +75,8 @@ pub async fn run(
     for (iface, (mode, _)) in plan.options.iface.iter().zip(&results) {
         metrics::publish_attachment(iface, &mode.to_string());
     }
+    let attached: Vec<_> = results.iter().map(|(mode, _)| *mode).collect();
+    let mut interfaces = InterfaceWatch::start(&filter, &plan.options.iface, &attached, plan.mode);
     tracing::info!(
         ports = ?plan.ports,
         allowlist = initial.len(),
@@ -120,6 +123,7 @@ pub async fn run(
                 }
                 metrics::publish_dns(&update.stats);
             }
+            () = interfaces.changed() => interfaces.check(&mut filter),
             _ = sighup.recv() => {
                 match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, &plan, new)) {
                     Ok(new) => {

@@ -58,4 +58,14 @@ impl Filter {
         self.links
             .attach_all_pinned(self.program.xdp_mut()?, ifaces, mode)
     }
+
+    /// Attaches `iface` afresh through a pinned link after its device was re-created.
+    pub fn reattach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> anyhow::Result<AttachedMode> {
+        self.links
+            .reattach_pinned(self.program.xdp_mut()?, iface, mode)
+    }
 }

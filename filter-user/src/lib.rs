@@ -11,6 +11,7 @@ pub mod filter;
 pub mod links;
 pub mod maps;
 pub mod metrics;
+pub mod netwatch;
 pub mod program;
 pub mod samples;
 pub mod status;

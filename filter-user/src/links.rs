@@ -143,6 +143,20 @@ impl Links {
             .into_iter()
             .filter(|link| link.iface == iface)
             .max_by_key(|link| link.version);
+        // A link whose device was deleted stays pinned but filters nothing (and cannot be
+        // updated): the interface was re-created while no daemon watched it.
+        let existing = match existing {
+            Some(existing) if matches!(pinned_link_ifindex(&existing.path), Ok(0)) => {
+                tracing::warn!(
+                    iface,
+                    pin = %existing.path.display(),
+                    "the pinned XDP link lost its interface (deleted or re-created): attaching afresh"
+                );
+                remove_dead_pins(&pins, iface)?;
+                None
+            }
+            existing => existing,
+        };
         let Some(existing) = existing else {
             let (link, attached) = attach_link(program, iface, mode)?;
             let link = FdLink::try_from(link).context("XDP link is not a bpf_link")?;
@@ -210,6 +224,54 @@ impl Links {
             },
         });
         Ok(())
+    }
+
+    /// Attaches `iface` afresh after its device was re-created: a new link, pinned under the
+    /// current layout in place of the dead one. What was held for `iface` is dropped; nothing
+    /// changes if the attach fails.
+    pub fn reattach_pinned(
+        &mut self,
+        program: &mut Xdp,
+        iface: &str,
+        mode: AttachMode,
+    ) -> anyhow::Result<AttachedMode> {
+        let pins = self
+            .pins
+            .clone()
+            .context("reattach_pinned needs links made with Links::pinned")?;
+        let (link, attached) = attach_link(program, iface, mode)?;
+        let link = FdLink::try_from(link).context("XDP link is not a bpf_link")?;
+        let (_dead, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|a| a.iface == iface);
+        self.attachments = kept;
+        for pinned in pins.links()?.into_iter().filter(|link| link.iface == iface) {
+            match std::fs::remove_file(&pinned.path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error)
+                        .with_context(|| format!("removing {}", pinned.path.display()));
+                }
+                _ => {}
+            }
+            if pinned.version != LAYOUT_VERSION {
+                pins.remove_version_if_unused(pinned.version)?;
+            }
+        }
+        self.hold_pinned(iface, link, pins.link_path(iface, attached))?;
+        Ok(attached)
+    }
+
+    /// The ifindex `iface`'s held pinned link is attached to: 0 once its device is gone; `None`
+    /// when nothing pinned is held for it or the kernel does not say.
+    pub fn link_ifindex(&self, iface: &str) -> Option<u32> {
+        self.attachments
+            .iter()
+            .rev()
+            .find(|a| a.iface == iface)
+            .and_then(|a| match &a.handle {
+                LinkHandle::Pinned { link, .. } => xdp_link_ifindex(link).ok(),
+                LinkHandle::Owned(_) => None,
+            })
     }
 
     /// Attaches to every interface through pinned links, all or nothing for fresh attachments:
@@ -300,6 +362,52 @@ fn attach_link(
         },
     };
     Ok((program.take_link(link_id)?, attached))
+}
+
+/// Removes every pinned link of `iface` whose device is gone (all layouts), and the older
+/// layouts that leaves without links.
+fn remove_dead_pins(pins: &PinDir, iface: &str) -> anyhow::Result<()> {
+    for pinned in pins.links()?.into_iter().filter(|link| link.iface == iface) {
+        if pinned_link_ifindex(&pinned.path)? != 0 {
+            continue;
+        }
+        std::fs::remove_file(&pinned.path)
+            .with_context(|| format!("removing {}", pinned.path.display()))?;
+        if pinned.version != LAYOUT_VERSION {
+            pins.remove_version_if_unused(pinned.version)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ifindex the XDP link pinned at `path` is attached to; 0 once its device is gone.
+pub fn pinned_link_ifindex(path: &Path) -> anyhow::Result<u32> {
+    let pinned = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the pinned XDP link {}", path.display()))?;
+    xdp_link_ifindex(&FdLink::from(pinned))
+        .with_context(|| format!("reading the pinned XDP link {}", path.display()))
+}
+
+/// The ifindex an XDP link is attached to (0 once its device is gone). aya does not expose
+/// the link's fd nor the XDP part of its info, so it comes from the fd's `fdinfo`, found by
+/// link id.
+fn xdp_link_ifindex(link: &FdLink) -> anyhow::Result<u32> {
+    let id = link.info().context("reading the link's info")?.id();
+    let wanted = format!("link_id:\t{id}");
+    for entry in std::fs::read_dir("/proc/self/fdinfo").context("reading /proc/self/fdinfo")? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        if !text.lines().any(|line| line == wanted) {
+            continue;
+        }
+        return text
+            .lines()
+            .find_map(|line| line.strip_prefix("ifindex:"))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("link {id} has no ifindex in its fdinfo (not XDP?)"));
+    }
+    bail!("no fd of this process holds link {id}")
 }
 
 /// Removes pinned links (all, or `iface`'s) and, once no link is left, the maps: what

@@ -59,3 +59,8 @@ pub fn publish_dns(stats: &crate::dns::DnsStats) {
 pub fn publish_attachment(iface: &str, mode: &str) {
     gauge!("mxguard_attached", "interface" => iface.to_owned(), "mode" => mode.to_owned()).set(1.0);
 }
+
+/// The interface lost its filter (deleted, or re-created without it yet).
+pub fn publish_detachment(iface: &str, mode: &str) {
+    gauge!("mxguard_attached", "interface" => iface.to_owned(), "mode" => mode.to_owned()).set(0.0);
+}

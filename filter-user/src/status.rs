@@ -59,6 +59,24 @@ pub struct DroppedSourceStatus {
 pub struct InterfaceStatus {
     pub iface: String,
     pub mode: String,
+    /// `attached`: the pinned link is on a live device; `missing`: its device was deleted (a
+    /// re-created one of the same name is not filtered until a daemon attaches to it).
+    pub state: &'static str,
+    /// The device the link is attached to (0 when missing).
+    pub ifindex: u32,
+}
+
+impl InterfaceStatus {
+    fn of(link: crate::links::PinnedLinkEntry) -> Self {
+        // An unreadable link filters nothing we can vouch for.
+        let ifindex = crate::links::pinned_link_ifindex(&link.path).unwrap_or(0);
+        InterfaceStatus {
+            iface: link.iface,
+            mode: link.mode.to_string(),
+            state: if ifindex == 0 { "missing" } else { "attached" },
+            ifindex,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -163,14 +181,7 @@ pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyh
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         layout_version: LAYOUT_VERSION,
-        interfaces: pins
-            .links()?
-            .into_iter()
-            .map(|link| InterfaceStatus {
-                iface: link.iface,
-                mode: link.mode.to_string(),
-            })
-            .collect(),
+        interfaces: pins.links()?.into_iter().map(InterfaceStatus::of).collect(),
         action: maps.settings.action()?.name().to_owned(),
         ports: maps.ports.read()?,
         allowlist: allowlist.iter().map(ToString::to_string).collect(),
@@ -209,7 +220,13 @@ pub fn render(status: &Status) -> String {
         status
             .interfaces
             .iter()
-            .map(|i| format!("{} ({})", i.iface, i.mode))
+            .map(|i| match i.state {
+                "attached" => format!("{} ({})", i.iface, i.mode),
+                _ => format!(
+                    "{} ({}, MISSING: interface gone, not filtering)",
+                    i.iface, i.mode
+                ),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
