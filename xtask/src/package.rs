@@ -15,19 +15,26 @@ use test_kit::root::ensure_root;
 use crate::setup::run;
 
 pub fn package(root: &Path, check: bool) -> anyhow::Result<()> {
+    if check {
+        ensure_root("cargo xtask package --check")?;
+    }
     let started = Instant::now();
     crate::build(root, true)?;
     generate_assets(root)?;
+    // Same contents, a higher Debian revision: what an upgrade installs. Built first, since
+    // every cargo-deb run deletes the package's other versions from target/debian.
+    let upgrade = check
+        .then(|| {
+            cargo_deb(
+                root,
+                &root.join("target/debian-check"),
+                &["--deb-revision", "2"],
+            )
+        })
+        .transpose()?;
     let deb = cargo_deb(root, &root.join("target/debian"), &[])?;
     eprintln!("package: {}", deb.display());
-    if check {
-        ensure_root("cargo xtask package --check")?;
-        // Same contents, a higher Debian revision: what an upgrade installs.
-        let upgrade = cargo_deb(
-            root,
-            &root.join("target/debian-check"),
-            &["--deb-revision", "2"],
-        )?;
+    if let Some(upgrade) = upgrade {
         let mut test = crate::cargo(root);
         test.args(["test", "--package", "tests", "--test", "package"])
             .args(["--", "--ignored", "--test-threads", "1"])

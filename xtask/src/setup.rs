@@ -170,11 +170,6 @@ fn cargo_deb(root: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// The cargo-deb binary that `setup` installed.
-pub fn cargo_deb_binary(root: &Path) -> PathBuf {
-    tools_dir(root).join("bin/cargo-deb")
-}
-
 /// A directory whose `lib/libLLVM.so` is nightly's own shared LLVM: the right major version
 /// by construction, with nothing to install.
 fn llvm_prefix(tools: &Path, major: u32) -> anyhow::Result<PathBuf> {
