@@ -44,6 +44,12 @@ pub enum Command {
     /// Show the pinned filter: interfaces and modes, ports, action, allowlist, counters and
     /// rates. Reads the pins, so it works while the daemon is down.
     Status(StatusArgs),
+    /// Write the man pages (DIR/man) and shell completions (DIR/completions), for packaging.
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ use crate::{
     links::{AttachOutcome, PinDir, PinPersistence, detach_unconfigured},
     metrics,
     netwatch::InterfaceWatch,
+    notify::{Notifier, status_line},
     samples::DropSamples,
 };
 
@@ -85,6 +86,11 @@ pub async fn run(
     for cidr in &plan.allow {
         tracing::info!(%cidr, "allowlisted");
     }
+    // Every interface is attached and the allowlist filled (or the start-up monitor state is
+    // in force, which the STATUS= line says): systemd may start what depends on the filter.
+    let mut notifier = Notifier::from_env();
+    notifier.ready(status_line(&plan, enforcer.action(), initial.len()));
+    let mut watchdog = notifier.watchdog_ticker();
 
     let mut ticker = stats_ticker(&plan);
     let mut plan = plan;
@@ -104,6 +110,9 @@ pub async fn run(
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                notifier.watchdog();
+            }
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
             }
@@ -121,10 +130,12 @@ pub async fn run(
                 if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
                     tracing::error!("updating the allowlist failed: {error:#}");
                 }
+                notifier.status(status_line(&plan, enforcer.action(), update.wanted.len()));
                 metrics::publish_dns(&update.stats);
             }
             () = interfaces.changed() => interfaces.check(&mut filter),
             _ = sighup.recv() => {
+                notifier.reloading();
                 match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, &plan, new)) {
                     Ok(new) => {
                         plan = new;
@@ -133,9 +144,12 @@ pub async fn run(
                     }
                     Err(error) => tracing::error!("reload rejected, the running configuration stays: {error:#}"),
                 }
+                let entries = filter.allowlist.entries().map_or(0, |entries| entries.len());
+                notifier.ready(status_line(&plan, enforcer.action(), entries));
             }
         }
     };
+    notifier.stopping();
     sources.stop();
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);

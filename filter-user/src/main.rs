@@ -62,6 +62,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::GenerateDocs { dir } => {
+            filter_user::manuals::generate(&dir)?;
+            eprintln!("man pages and completions written to {}", dir.display());
+            Ok(())
+        }
         Command::Status(args) => {
             let status = filter_user::status::read_status(
                 &args.pins.pin_dir,

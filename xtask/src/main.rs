@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -52,6 +53,15 @@ enum Task {
     },
     /// rustfmt check and clippy (-D warnings) on the userspace crates and the BPF crate.
     Lint,
+    /// Build the Debian package (release binary, man pages, completions, unit, example
+    /// configuration) into target/debian/ with cargo-deb.
+    Package {
+        /// Also install it, upgrade it with a newer build while a filter is attached, and
+        /// purge it again: the package's end-to-end test (needs root; changes this machine's
+        /// package database for its duration).
+        #[arg(long)]
+        check: bool,
+    },
     /// Fuzz the XDP program against the reference classifier (libFuzzer via cargo-fuzz).
     Fuzz {
         /// How long to fuzz.
@@ -90,6 +100,10 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => {
             setup::setup(&root)?;
             lint(&root)
+        }
+        Task::Package { check } => {
+            setup::setup(&root)?;
+            package::package(&root, check)
         }
         Task::Fuzz { seconds } => {
             setup::setup(&root)?;

@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 /// bpf-linker release that builds with the toolchains here (see ../shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb release for `cargo xtask package` (MIT; builds with rustc 1.85 and later).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Debian packages the tests and the lab use (binary that proves each one is there).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -23,11 +26,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),
     ("ethtool", "ethtool"),
+    // `cargo xtask package --check`: `man -l` on the pages, `systemd-analyze verify` the unit.
+    ("man-db", "man"),
+    ("systemd", "systemd-analyze"),
 ];
 
 pub fn setup(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker(root)?;
+    cargo_deb(root)?;
     debian_packages()?;
     Ok(())
 }
@@ -134,6 +141,33 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
     )?;
     std::fs::write(&stamp, format!("{wanted}\n")).context("writing the bpf-linker stamp")?;
     Ok(())
+}
+
+/// Installs cargo-deb into .tools/bin unless that version is there already.
+fn cargo_deb(root: &Path) -> anyhow::Result<()> {
+    let tools = tools_dir(root);
+    let binary = tools.join("bin/cargo-deb");
+    if binary.is_file()
+        && output(Command::new(&binary).arg("--version"))
+            .is_ok_and(|version| version.split_whitespace().nth(1) == Some(CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing cargo-deb {CARGO_DEB_VERSION} into {} (about two minutes)",
+        tools.display()
+    );
+    run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args([
+                "install",
+                &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+                "--locked",
+                "--force",
+            ])
+            .arg("--root")
+            .arg(&tools),
+    )
 }
 
 /// A directory whose `lib/libLLVM.so` is nightly's own shared LLVM: the right major version
