@@ -6,7 +6,8 @@
 //! - [`frames`]: test frames with the shapes the verdict rule cares about;
 //! - [`process`]: the real `mxguard` binary as a child process;
 //! - with `loader`: [`program`] (load a configured filter, BPF_PROG_TEST_RUN), [`pins`]
-//!   (private bpffs pin directories) and [`differential`] (program against the reference);
+//!   (private bpffs pin directories), [`differential`] (program against the reference) and
+//!   [`notify`] (a NOTIFY_SOCKET for the daemon's systemd messages);
 //! - with `dns`: [`dns_server`] (an authoritative test DNS server), and with both,
 //!   [`dns_rig`] (the DNS engine wired to the loaded program).
 //!
@@ -25,6 +26,8 @@ pub mod differential;
 pub mod dns_rig;
 #[cfg(feature = "dns")]
 pub mod dns_server;
+#[cfg(feature = "loader")]
+pub mod notify;
 #[cfg(feature = "loader")]
 pub mod pins;
 #[cfg(feature = "loader")]

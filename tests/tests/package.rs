@@ -1,245 +1,30 @@
-//! The Debian package and systemd readiness.
-//!
-//! `readiness_*`: the daemon's sd_notify messages (READY=1 with STATUS=, WATCHDOG=1,
-//! RELOADING=1 then READY=1 on SIGHUP) arrive on a NOTIFY_SOCKET the test listens on.
-//!
-//! `package_installs_upgrades_under_a_running_filter_and_purges` (ignored: run by `cargo xtask
-//! package --check`, which builds the two packages it needs): installs the .deb with dpkg,
+//! The Debian package, end to end. Not part of a plain `cargo test` (tests/Cargo.toml sets
+//! `test = false`): `cargo xtask package --check`, which `cargo xtask test` runs, builds the two
+//! packages it needs and runs it. It installs the .deb with dpkg,
 //! checks its contents, the installed binary, unit and man pages, upgrades it while a filter
 //! started from the installed binary is attached, removes and purges it, and leaves the
 //! machine as it found it.
 
 use std::{
     net::SocketAddr,
-    os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use test_kit::{
     lab::MailLab,
     netns::{assert_connects, assert_times_out},
+    notify::{NotifySocket, check_readiness, start_notified},
     pins::TestPins,
-    process::{Daemon, mxguard_bin, status_json},
+    process::status_json,
 };
 
 fn smtp(ip: impl Into<std::net::IpAddr>) -> SocketAddr {
     SocketAddr::new(ip.into(), 25)
 }
 
-static NEXT_SOCKET: AtomicUsize = AtomicUsize::new(0);
-
-/// A NOTIFY_SOCKET: a unix datagram socket collecting every message sent to it.
-struct NotifySocket {
-    path: PathBuf,
-    messages: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl NotifySocket {
-    fn bind() -> NotifySocket {
-        let path = std::env::temp_dir().join(format!(
-            "mxguard-notify-{}-{}.sock",
-            std::process::id(),
-            NEXT_SOCKET.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("socket timeout");
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (messages, stop) = (messages.clone(), stop.clone());
-            thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(len) = socket.recv(&mut buffer) {
-                        let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                        messages.lock().expect("messages lock").push(text);
-                    }
-                }
-            });
-        }
-        NotifySocket {
-            path,
-            messages,
-            stop,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.messages.lock().expect("messages lock").len()
-    }
-
-    /// The first message from index `from` on with every line of `lines`; panics (listing what
-    /// arrived) after `timeout`.
-    fn wait_for(&self, from: usize, lines: &[&str], timeout: Duration, daemon: &Daemon) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let messages = self.messages.lock().expect("messages lock");
-                if let Some(found) = messages.iter().skip(from).find(|message| {
-                    lines
-                        .iter()
-                        .all(|line| message.lines().any(|l| l.starts_with(line)))
-                }) {
-                    return found.clone();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no notification with {lines:?} in {:?}\n{}",
-                    &messages[from.min(messages.len())..],
-                    daemon.log_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// `mxguard run` from `bin` in the lab's server, on its own pins, with systemd's environment
-/// (NOTIFY_SOCKET, a 1 s watchdog) and an empty configuration file (an installed package's
-/// /etc/mxguard/mxguard.toml must not be read).
-fn start_notified(
-    lab: &MailLab,
-    pins: &TestPins,
-    bin: &Path,
-    notify: &NotifySocket,
-    extra: &[&str],
-) -> Daemon {
-    let mut command = lab.server.command(bin);
-    command
-        .args(["run", "--config", "/dev/null", "--iface", "eth0"])
-        .args(["--pin-dir", pins.arg(), "--stats-interval", "0"])
-        .args(extra)
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env("RUST_LOG", "info");
-    Daemon::spawn(command)
-}
-
 const RELAY_ONLY: &[&str] = &["--allow", "192.0.2.10", "--allow", "2001:db8::10"];
-
-/// READY=1 with STATUS=, WATCHDOG=1 at half the interval, RELOADING=1 then READY=1 on SIGHUP.
-fn check_readiness(daemon: &mut Daemon, notify: &NotifySocket, expected_status: &str) {
-    let ready = notify.wait_for(0, &["READY=1", "STATUS="], Duration::from_secs(30), daemon);
-    assert!(ready.contains(expected_status), "{ready:?}");
-    // Logged before READY=1 is sent (the log pipe may lag the datagram a little).
-    daemon.wait_for("attach before READY=1", Duration::from_secs(2), |l| {
-        l.contains("attached XDP filter")
-    });
-    let after_ready = notify.count();
-    notify.wait_for(after_ready, &["WATCHDOG=1"], Duration::from_secs(3), daemon);
-
-    let before_hup = notify.count();
-    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-    let reloading = notify.wait_for(
-        before_hup,
-        &["RELOADING=1", "MONOTONIC_USEC="],
-        Duration::from_secs(10),
-        daemon,
-    );
-    let reloading_at = {
-        let messages = notify.messages.lock().expect("messages lock");
-        messages
-            .iter()
-            .skip(before_hup)
-            .position(|m| *m == reloading)
-            .expect("just seen")
-            + before_hup
-    };
-    let ready_again = notify.wait_for(
-        reloading_at + 1,
-        &["READY=1", "STATUS="],
-        Duration::from_secs(10),
-        daemon,
-    );
-    assert!(ready_again.contains(expected_status), "{ready_again:?}");
-}
-
-#[test]
-fn readiness_is_notified_once_attached_and_around_a_reload() {
-    let lab = MailLab::new();
-    let pins = TestPins::new();
-    let notify = NotifySocket::bind();
-    let mut daemon = start_notified(&lab, &pins, &mxguard_bin(), &notify, RELAY_ONLY);
-    check_readiness(
-        &mut daemon,
-        &notify,
-        "protecting eth0 (port 25): 2 allowlist entries, action drop",
-    );
-    let before_stop = notify.count();
-    assert!(daemon.stop().success());
-    notify.wait_for(
-        before_stop,
-        &["STOPPING=1"],
-        Duration::from_secs(1),
-        &daemon,
-    );
-}
-
-#[test]
-fn readiness_is_notified_in_the_start_up_monitor_state() {
-    let lab = MailLab::new();
-    let pins = TestPins::new();
-    let notify = NotifySocket::bind();
-    // No static prefix, and a name server that never answers (nothing listens there, in the
-    // lab's own namespace): the allowlist stays empty.
-    let daemon = start_notified(
-        &lab,
-        &pins,
-        &mxguard_bin(),
-        &notify,
-        &[
-            "--allow-host",
-            "relay.mxguard.test",
-            "--dns-server",
-            "192.0.2.53",
-        ],
-    );
-    let ready = notify.wait_for(0, &["READY=1", "STATUS="], Duration::from_secs(30), &daemon);
-    assert!(
-        ready.contains("monitoring eth0 (port 25): allowlist empty, waiting for DNS"),
-        "{ready:?}"
-    );
-}
-
-#[test]
-fn without_notify_socket_nothing_is_sent_and_the_daemon_runs() {
-    let lab = MailLab::new();
-    let pins = TestPins::new();
-    let _smtp = lab.server.listen(25);
-    let mut command = lab.server.command(mxguard_bin());
-    command
-        .args(["run", "--config", "/dev/null", "--iface", "eth0"])
-        .args(["--pin-dir", pins.arg(), "--stats-interval", "0"])
-        .args(RELAY_ONLY)
-        .env_remove("NOTIFY_SOCKET")
-        .env("WATCHDOG_USEC", "1000000");
-    let mut daemon = Daemon::spawn(command);
-    daemon.wait_for("attach", Duration::from_secs(30), |l| {
-        l.contains("attached XDP filter")
-    });
-    assert_times_out(&lab.direct, smtp(MailLab::SERVER.v4), &daemon.log_tail());
-    assert!(!daemon.log().contains("notifying systemd failed"));
-    assert!(daemon.stop().success());
-}
 
 // --- the package ---------------------------------------------------------------------------
 
@@ -326,7 +111,6 @@ fn assert_filter_status(lab: &MailLab, pins: &TestPins, what: &str) -> serde_jso
 }
 
 #[test]
-#[ignore = "run by `cargo xtask package --check`, which builds the packages"]
 fn package_installs_upgrades_under_a_running_filter_and_purges() {
     let deb = std::env::var("MXGUARD_DEB").expect("MXGUARD_DEB: the package to install");
     let upgrade = std::env::var("MXGUARD_DEB_UPGRADE").expect("MXGUARD_DEB_UPGRADE: a newer build");

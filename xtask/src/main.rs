@@ -35,7 +35,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Run the whole test suite (needs root: it loads XDP programs and creates namespaces).
+    /// Run the whole test suite (needs root: it loads XDP programs and creates namespaces), the
+    /// Debian package's install/upgrade/purge test included (`package --check`).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -149,7 +150,13 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .arg("test")
         .args(args)
         .env("MXGUARD_BIN", root.join("target/debug/mxguard"));
-    setup::run(&mut command)
+    setup::run(&mut command)?;
+    // The whole suite includes the package's end-to-end test, which needs the packages built
+    // first; a filtered run (`cargo xtask test -- NAME`) leaves it out.
+    if args.is_empty() {
+        package::package(root, true)?;
+    }
+    Ok(())
 }
 
 fn run(root: &Path, rounds: Option<u32>, args: &[String]) -> anyhow::Result<()> {
@@ -183,6 +190,19 @@ fn lint(root: &Path) -> anyhow::Result<()> {
     let mut clippy = cargo(root);
     clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
     setup::run(&mut clippy)?;
+    // `--all-targets` leaves out test targets with `test = false` (the package test).
+    let mut clippy_package = cargo(root);
+    clippy_package.args([
+        "clippy",
+        "--package",
+        "tests",
+        "--test",
+        "package",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    setup::run(&mut clippy_package)?;
     // The BPF crate only builds for the BPF target with nightly.
     let mut clippy_bpf = Command::new("rustup");
     clippy_bpf

@@ -37,7 +37,7 @@ pub fn package(root: &Path, check: bool) -> anyhow::Result<()> {
     if let Some(upgrade) = upgrade {
         let mut test = crate::cargo(root);
         test.args(["test", "--package", "tests", "--test", "package"])
-            .args(["--", "--ignored", "--test-threads", "1"])
+            .args(["--", "--test-threads", "1"])
             .env("MXGUARD_DEB", &deb)
             .env("MXGUARD_DEB_UPGRADE", &upgrade)
             .env("MXGUARD_BIN", "/usr/bin/mxguard");
