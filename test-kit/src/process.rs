@@ -181,3 +181,27 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The body of `GET /metrics` from the daemon's Prometheus endpoint at `addr`, fetched from
+/// inside `netns`; panics unless the answer is 200.
+pub fn scrape_metrics(netns: &crate::netns::Netns, addr: std::net::SocketAddr) -> String {
+    netns
+        .enter(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .expect("metrics port");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
+                .expect("sending the request");
+            let mut response = String::new();
+            stream
+                .read_to_string(&mut response)
+                .expect("reading the answer");
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default()
+        })
+        .expect("entering the namespace")
+}

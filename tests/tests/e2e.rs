@@ -11,7 +11,7 @@ use test_kit::{
     lab::MailLab,
     netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
-    process::{Daemon, mxguard_bin},
+    process::{Daemon, mxguard_bin, scrape_metrics},
 };
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -338,27 +338,6 @@ fn monitor_action_passes_everything_and_counts_would_be_drops() {
     assert!(daemon.stop().success());
 }
 
-/// GET /metrics from inside `netns`.
-fn scrape(netns: &Netns, addr: SocketAddr) -> String {
-    netns
-        .enter(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .expect("metrics port");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-            response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default()
-        })
-        .expect("entering the namespace")
-}
-
 #[test]
 fn metrics_endpoint_is_scraped_and_parsed() {
     let lab = MailLab::new();
@@ -382,7 +361,7 @@ fn metrics_endpoint_is_scraped_and_parsed() {
     connects(&lab.relay, addr(MailLab::SERVER.v4, 25));
     std::thread::sleep(Duration::from_millis(1500));
 
-    let body = scrape(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725));
+    let body = scrape_metrics(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725));
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("Prometheus text format");
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {

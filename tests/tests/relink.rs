@@ -17,7 +17,7 @@ use test_kit::{
     lab::MailLab,
     netns::{Netns, assert_times_out, veth},
     pins::TestPins,
-    process::{Daemon, mxguard_bin, mxguard_output, status_json},
+    process::{Daemon, mxguard_bin, mxguard_output, scrape_metrics, status_json},
 };
 
 const METRICS: &str = "127.0.0.1:9726";
@@ -72,20 +72,7 @@ fn wait_for_state(lab: &MailLab, pins: &TestPins, state: &str, within: Duration)
 /// `mxguard_attached{interface="eth0",mode="native"}` from the daemon's endpoint.
 fn attached_gauge(lab: &MailLab) -> f64 {
     let addr: SocketAddr = METRICS.parse().unwrap();
-    let body = lab
-        .server
-        .enter(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .expect("metrics port");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: mxguard\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        })
-        .expect("entering the namespace");
+    let body = scrape_metrics(&lab.server, addr);
     body.lines()
         .find(|l| {
             l.starts_with("mxguard_attached{")
