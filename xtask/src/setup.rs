@@ -29,7 +29,26 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // `cargo xtask package --check`: `man -l` on the pages, `systemd-analyze verify` the unit.
     ("man-db", "man"),
     ("systemd", "systemd-analyze"),
+    // The milter tests, the lab's mail server and the mail-under-flood benchmark: a private
+    // Postfix instance (never the system one), swaks as the client, smtp-source as the load.
+    ("postfix", "postfix"),
+    ("swaks", "swaks"),
+    // A second, independent SYN-flood generator for the mail-under-flood benchmark.
+    ("hping3", "hping3"),
+    // DNSSEC tests: a real signer (dnssec-keygen, dnssec-signzone) and a real authoritative
+    // server (named) serving the signed zone inside a test namespace.
+    ("bind9-utils", "dnssec-signzone"),
+    ("bind9", "named"),
 ];
+
+/// debconf answers given before installing: "No configuration" leaves no main.cf, so Debian's
+/// init script never starts a system Postfix; the tests run their own instances.
+const DEBCONF_SELECTIONS: &str = "postfix postfix/main_mailer_type select No configuration\n\
+                                  postfix postfix/mailname string mxguard.test\n";
+
+/// Stops maintainer scripts from starting services (named, postfix) on the build machine:
+/// the tests start their own instances in namespaces they own.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn setup(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
@@ -205,11 +224,64 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing Debian packages {missing:?}");
+    preseed_debconf()?;
     run(Command::new("apt-get").arg("update").arg("-q"))?;
+    let _no_services = NoServiceStarts::install()?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn preseed_debconf() -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("starting debconf-set-selections")?;
+    child
+        .stdin
+        .take()
+        .context("debconf-set-selections has no stdin")?
+        .write_all(DEBCONF_SELECTIONS.as_bytes())
+        .context("writing debconf selections")?;
+    let status = child.wait().context("waiting for debconf-set-selections")?;
+    anyhow::ensure!(status.success(), "debconf-set-selections failed: {status}");
+    Ok(())
+}
+
+/// A policy-rc.d that denies every service start for as long as it lives; one that was there
+/// before is left alone.
+struct NoServiceStarts {
+    ours: bool,
+}
+
+impl NoServiceStarts {
+    fn install() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(Self { ours: false });
+        }
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# written by cargo xtask setup while it installs packages\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { ours: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.ours
+            && let Err(error) = std::fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("setup: could not remove {POLICY_RC_D}: {error}");
+        }
+    }
 }
 
 fn on_path(binary: &str) -> bool {
