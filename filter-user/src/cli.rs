@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cidr::{Cidr, parse_allow_file},
-    dns::{self, DnsSettings, HostName, RefreshPolicy},
+    dns::{self, DnsSettings, Dnssec, Guards, HostName, RefreshPolicy, guards},
     links::{AttachMode, DEFAULT_PIN_DIR, interface_index},
 };
 
@@ -167,6 +167,41 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = checked::<TextDuration>)]
     pub dns_timeout: Option<TextDuration>,
 
+    /// DNS name whose SPF record lists the relay ranges (repeatable), e.g.
+    /// _netblocks.example.com: the prefixes its pass-qualified ip4, ip6, a, mx, include and
+    /// redirect terms name are allowed, followed like --allow-host names (docs/dns.md).
+    #[arg(long, value_name = "NAME", value_parser = checked::<HostName>)]
+    pub allow_spf: Vec<HostName>,
+
+    /// Shortest IPv4 prefix a DNS source may add; shorter ones are refused and logged (static
+    /// --allow is not limited).
+    #[arg(long, value_name = "LEN", default_value_t = guards::DEFAULT_MIN_PREFIX_V4)]
+    pub dns_min_prefix_v4: u8,
+
+    /// Shortest IPv6 prefix a DNS source may add; shorter ones are refused and logged.
+    #[arg(long, value_name = "LEN", default_value_t = guards::DEFAULT_MIN_PREFIX_V6)]
+    pub dns_min_prefix_v6: u8,
+
+    /// Most prefixes one DNS source may add: a larger answer is refused whole and the source
+    /// keeps its last good set.
+    #[arg(long, value_name = "N", default_value_t = guards::DEFAULT_MAX_PREFIXES)]
+    pub dns_max_prefixes: usize,
+
+    /// Range DNS-derived addresses must lie in (repeatable); outside every one they are
+    /// refused and logged. Default: no such bound.
+    #[arg(long, value_name = "CIDR", value_parser = checked::<Cidr>)]
+    pub dns_allow_within: Vec<Cidr>,
+
+    /// `validate`: DNSSEC-validate every answer; a bogus or unsigned one is a failure (the
+    /// source keeps its last good set).
+    #[arg(long, value_enum, default_value = "off")]
+    pub dns_dnssec: DnssecArg,
+
+    /// With --dns-dnssec validate: a file of DNSKEY records to trust. Default: the root
+    /// zone's keys built into hickory.
+    #[arg(long, value_name = "PATH")]
+    pub dns_trust_anchor: Option<PathBuf>,
+
     /// Directory of the state file that keeps the names' last known good addresses.
     #[arg(long, value_name = "DIR", default_value = dns::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -223,6 +258,14 @@ impl From<ModeArg> for AttachMode {
             ModeArg::Generic => AttachMode::Generic,
         }
     }
+}
+
+/// `--dns-dnssec` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnssecArg {
+    Off,
+    Validate,
 }
 
 /// `--action` values.
@@ -399,13 +442,40 @@ impl RunArgs {
                 bail!("host name {:?} given twice", host.as_str());
             }
         }
+        let mut spf = BTreeSet::new();
+        for name in &self.allow_spf {
+            if !spf.insert(name.clone()) {
+                bail!("SPF name {:?} given twice", name.as_str());
+            }
+        }
         let servers: Vec<SocketAddr> = self.dns_server.iter().map(|server| server.0).collect();
-        if hosts.is_empty() {
+        if hosts.is_empty() && spf.is_empty() {
             if !servers.is_empty() {
-                bail!("--dns-server is only used for --allow-host names, and none is given");
+                bail!(
+                    "--dns-server is only used for --allow-host and --allow-spf names, and none \
+                     is given"
+                );
             }
             return Ok(None);
         }
+        if !(1..=32).contains(&self.dns_min_prefix_v4) {
+            bail!("--dns-min-prefix-v4 must be from 1 to 32");
+        }
+        if !(1..=128).contains(&self.dns_min_prefix_v6) {
+            bail!("--dns-min-prefix-v6 must be from 1 to 128");
+        }
+        if self.dns_max_prefixes == 0 {
+            bail!("--dns-max-prefixes must be at least 1");
+        }
+        let dnssec = match (self.dns_dnssec, &self.dns_trust_anchor) {
+            (DnssecArg::Off, Some(_)) => {
+                bail!("--dns-trust-anchor is only used with --dns-dnssec validate")
+            }
+            (DnssecArg::Off, None) => Dnssec::Off,
+            (DnssecArg::Validate, anchor) => Dnssec::Validate {
+                trust_anchor: anchor.clone(),
+            },
+        };
         let timeout = self.dns_timeout.map(|timeout| timeout.0);
         let policy = RefreshPolicy {
             min_refresh: self.dns_min_refresh.0,
@@ -446,6 +516,14 @@ impl RunArgs {
         }
         Ok(Some(DnsSettings {
             hosts,
+            spf,
+            guards: Guards {
+                min_prefix_v4: self.dns_min_prefix_v4,
+                min_prefix_v6: self.dns_min_prefix_v6,
+                max_prefixes: self.dns_max_prefixes,
+                allow_within: self.dns_allow_within.clone(),
+            },
+            dnssec,
             servers,
             timeout,
             policy,
@@ -708,6 +786,77 @@ mod tests {
         assert!(with(&["--dns-stale-grace", "30m"]).contains("must be longer"));
         assert!(with(&["--dns-timeout", "0s"]).contains("more than 0"));
         assert!(with(&["--dns-stale-grace", "10000h"]).contains("longer than a year"));
+    }
+
+    #[test]
+    fn spf_and_guard_arguments_become_settings() {
+        let plan = run_args(&[
+            "--iface",
+            "lo",
+            "--allow-spf",
+            "_netblocks.example.test",
+            "--dns-min-prefix-v4",
+            "16",
+            "--dns-min-prefix-v6",
+            "32",
+            "--dns-max-prefixes",
+            "10",
+            "--dns-allow-within",
+            "192.0.2.0/24",
+            "--dns-allow-within",
+            "2001:db8::/32",
+            "--dns-dnssec",
+            "validate",
+            "--dns-trust-anchor",
+            "/etc/mxguard/anchor.key",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap();
+        let dns = plan.dns.expect("SPF alone turns DNS on");
+        assert!(dns.hosts.is_empty());
+        assert_eq!(dns.spf.len(), 1);
+        assert_eq!(
+            dns.guards,
+            Guards {
+                min_prefix_v4: 16,
+                min_prefix_v6: 32,
+                max_prefixes: 10,
+                allow_within: vec![
+                    "192.0.2.0/24".parse().unwrap(),
+                    "2001:db8::/32".parse().unwrap()
+                ],
+            }
+        );
+        assert_eq!(
+            dns.dnssec,
+            Dnssec::Validate {
+                trust_anchor: Some("/etc/mxguard/anchor.key".into())
+            }
+        );
+        let defaults = run_args(&["--iface", "lo", "--allow-host", "relay.test"])
+            .unwrap()
+            .plan()
+            .unwrap()
+            .dns
+            .unwrap();
+        assert_eq!(defaults.guards, Guards::default());
+        assert_eq!(defaults.dnssec, Dnssec::Off);
+
+        let spf = ["--iface", "lo", "--allow-spf", "spf.test"];
+        let with = |extra: &[&str]| {
+            let mut args = spf.to_vec();
+            args.extend_from_slice(extra);
+            plan_error(&args)
+        };
+        assert!(with(&["--allow-spf", "SPF.test."]).contains("given twice"));
+        assert!(with(&["--dns-min-prefix-v4", "0"]).contains("from 1 to 32"));
+        assert!(with(&["--dns-min-prefix-v4", "33"]).contains("from 1 to 32"));
+        assert!(with(&["--dns-min-prefix-v6", "129"]).contains("from 1 to 128"));
+        assert!(with(&["--dns-max-prefixes", "0"]).contains("at least 1"));
+        assert!(with(&["--dns-trust-anchor", "/x"]).contains("only used with"));
+        assert!(with(&["--dns-dnssec", "maybe"]).contains("invalid value"));
+        assert!(with(&["--dns-allow-within", "192.0.2.1/8"]).contains("host bits"));
     }
 
     #[test]

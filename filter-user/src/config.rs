@@ -137,6 +137,7 @@ strict = true
     fn every_option_set() -> RunArgs {
         RunArgs {
             dns_timeout: Some("2s".parse().unwrap()),
+            dns_trust_anchor: Some("/etc/mxguard/anchor.key".into()),
             metrics_addr: Some("127.0.0.1:9725".parse().unwrap()),
             ..RunArgs::default()
         }

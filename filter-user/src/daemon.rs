@@ -279,6 +279,9 @@ impl AllowSources {
         }
         tracing::info!(
             hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            spf = ?settings.spf.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            guards = ?settings.guards,
+            dnssec = ?settings.dnssec,
             servers = ?settings.servers,
             policy = ?settings.policy,
             state_dir = %settings.state_dir.display(),

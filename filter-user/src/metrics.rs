@@ -46,13 +46,38 @@ pub fn publish_allowlist(allowlist: &BTreeSet<Cidr>) {
     gauge!("mxguard_allowlist_entries", "family" => "ipv6").set((allowlist.len() - v4) as f64);
 }
 
-/// DNS lookups and failures (the engine's totals over all names).
+/// DNS lookups, failures and guard refusals: the totals, and per source.
 pub fn publish_dns(stats: &crate::dns::DnsStats) {
     counter!("mxguard_dns_lookups_total").absolute(stats.lookups);
     counter!("mxguard_dns_failures_total").absolute(stats.failures);
     counter!("mxguard_dns_expired_total").absolute(stats.expired);
     for (kind, count) in &stats.failures_by_kind {
         counter!("mxguard_dns_failures_by_kind_total", "kind" => kind.clone()).absolute(*count);
+    }
+    for (guard, count) in &stats.refusals_by_guard {
+        counter!("mxguard_dns_refusals_total", "guard" => guard.clone()).absolute(*count);
+    }
+    // Per source, labelled `kind` (host or spf) and `source` (the configured name).
+    for (source, per) in &stats.sources {
+        let labels = [
+            ("kind", source.kind().to_owned()),
+            ("source", source.name().to_owned()),
+        ];
+        gauge!("mxguard_dns_source_entries", &labels).set(per.entries as f64);
+        counter!("mxguard_dns_source_lookups_total", &labels).absolute(per.lookups);
+        for (kind, count) in &per.failures_by_kind {
+            let mut labels = labels.to_vec();
+            labels.push(("failure", kind.clone()));
+            counter!("mxguard_dns_source_failures_total", &labels).absolute(*count);
+        }
+        for (guard, count) in &per.refusals_by_guard {
+            let mut labels = labels.to_vec();
+            labels.push(("guard", guard.clone()));
+            counter!("mxguard_dns_source_refusals_total", &labels).absolute(*count);
+        }
+        if let Some(at) = per.last_success_unix {
+            gauge!("mxguard_dns_source_last_success_timestamp_seconds", &labels).set(at as f64);
+        }
     }
 }
 

@@ -21,8 +21,8 @@ pub struct Status {
     pub action: String,
     pub ports: BTreeSet<u16>,
     pub allowlist: Vec<String>,
-    /// Where each allowlist entry comes from: the DNS names whose last answer holds it (from
-    /// the state file), or none for static prefixes.
+    /// Where each allowlist entry comes from: the DNS names whose last answer holds it and the
+    /// SPF chains that reached it (from the state file), or none for static prefixes.
     pub allowlist_origins: Vec<EntryOrigin>,
     pub counters: Vec<FamilyStatus>,
     /// Sources seen most often in the sampled drops (a few samples per second per CPU).
@@ -41,6 +41,7 @@ pub struct EntryOrigin {
 
 #[derive(Debug, Serialize)]
 pub struct NameOrigin {
+    /// The host name, or an SPF prefix's origin chain (`spf a.test → include:b.test`).
     pub name: String,
     /// When DNS last answered with this address (Unix seconds), if known.
     pub confirmed_unix_secs: Option<u64>,
@@ -146,6 +147,16 @@ fn origins(allowlist: &BTreeSet<Cidr>, state_dir: &Path) -> Vec<EntryOrigin> {
                         confirmed_secs_ago: family.confirmed_unix.map(|t| now.saturating_sub(t)),
                     })
                 })
+                .chain(saved.spf.values().flat_map(|spf| {
+                    spf.prefixes
+                        .iter()
+                        .filter(|saved| saved.prefix == *cidr)
+                        .map(|saved| NameOrigin {
+                            name: crate::dns::spf_expand::render_chain(&saved.chain),
+                            confirmed_unix_secs: Some(saved.confirmed_unix),
+                            confirmed_secs_ago: Some(now.saturating_sub(saved.confirmed_unix)),
+                        })
+                }))
                 .collect();
             EntryOrigin {
                 prefix: cidr.to_string(),

@@ -15,8 +15,8 @@ use filter_common::{Action, FamilyCounters};
 use filter_user::{
     cidr::Cidr,
     dns::{
-        AllowlistUpdate, DnsEngine, DnsStats, Enforcer, HickoryResolve, RefreshPolicy, Resolve,
-        state_file::StateFile,
+        AllowlistUpdate, DnsEngine, DnsStats, Dnssec, Enforcer, HickoryResolve, RefreshPolicy,
+        Resolve, state_file::StateFile,
     },
     filter::Filter,
 };
@@ -37,7 +37,7 @@ pub fn engine(
     policy: RefreshPolicy,
     state_dir: Option<&Path>,
 ) -> DnsEngine<HickoryResolve> {
-    let resolver = HickoryResolve::new(&[server], Some(Duration::from_millis(400)))
+    let resolver = HickoryResolve::new(&[server], Some(Duration::from_millis(400)), &Dnssec::Off)
         .expect("building the resolver");
     DnsEngine::new(
         resolver,

@@ -13,10 +13,14 @@ use filter_common::Action;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 
 use super::{
-    DnsSettings, FailureKind, HickoryResolve, HostName, NameAnswer, RefreshPolicy, Resolve,
+    DnsSettings, FailureKind, FamilyAnswer, HickoryResolve, HostName, NameAnswer, RefreshPolicy,
+    Resolve,
+    guards::{Guard, Guards},
     refresh::{FamilyState, NameState, Refreshed},
     sources::{Source, Sources},
-    state_file::{Saved, SavedFamily, SavedName, StateFile},
+    spf_expand::{self, Expansion, render_chain},
+    spf_source::SpfState,
+    state_file::{Saved, SavedFamily, SavedName, SavedSpf, SavedSpfPrefix, StateFile},
 };
 use crate::{allowlist::AllowlistChange, cidr::Cidr, filter::Filter};
 
@@ -37,6 +41,25 @@ pub struct DnsStats {
     pub expired: u64,
     pub state_writes: u64,
     pub state_write_failures: u64,
+    /// Prefixes (or whole answers, for the cap) refused, by guard label.
+    pub refusals_by_guard: BTreeMap<String, u64>,
+    /// The same, per DNS source.
+    pub sources: BTreeMap<Source, SourceStats>,
+}
+
+/// Counters of one DNS source (an `--allow-host` name or an `--allow-spf` record).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Prefixes it contributes now.
+    pub entries: u64,
+    /// Lookup rounds.
+    pub lookups: u64,
+    /// Failed rounds (or failed parts of an SPF record), by kind.
+    pub failures_by_kind: BTreeMap<String, u64>,
+    /// Refusals, by guard label.
+    pub refusals_by_guard: BTreeMap<String, u64>,
+    /// Wall-clock time (Unix seconds) of the last successful answer.
+    pub last_success_unix: Option<u64>,
 }
 
 /// What the engine publishes: the allowlist the map must hold, and the counters.
@@ -51,6 +74,10 @@ pub struct DnsEngine<R: Resolve> {
     resolver: R,
     policy: RefreshPolicy,
     names: BTreeMap<HostName, NameState>,
+    spf: BTreeMap<HostName, SpfState>,
+    guards: Guards,
+    /// SPF records whose ignored terms were already reported (once per record).
+    warned_ignored: BTreeSet<HostName>,
     sources: Sources,
     state_file: Option<StateFile>,
     /// DNS confirmed or expired something since the state file was last written.
@@ -63,14 +90,16 @@ impl DnsEngine<HickoryResolve> {
     /// The production engine: hickory with the configured servers, the state file in the
     /// configured directory.
     pub fn from_settings(settings: &DnsSettings, statics: &BTreeSet<Cidr>) -> anyhow::Result<Self> {
-        let resolver = HickoryResolve::new(&settings.servers, settings.timeout)?;
+        let resolver = HickoryResolve::new(&settings.servers, settings.timeout, &settings.dnssec)?;
         Ok(DnsEngine::new(
             resolver,
             settings.policy,
             &settings.hosts,
             statics,
             Some(StateFile::in_dir(&settings.state_dir)),
-        ))
+        )
+        .with_spf(&settings.spf)
+        .with_guards(settings.guards.clone()))
     }
 }
 
@@ -93,12 +122,31 @@ impl<R: Resolve> DnsEngine<R> {
                 .iter()
                 .map(|name| (name.clone(), NameState::new(name.clone(), now)))
                 .collect(),
+            spf: BTreeMap::new(),
+            guards: Guards::default(),
+            warned_ignored: BTreeSet::new(),
             sources,
             state_file,
             unsaved: false,
             stats: DnsStats::default(),
             random: Box::new(fastrand::f64),
         }
+    }
+
+    /// Adds `--allow-spf` sources, due at once.
+    pub fn with_spf(mut self, names: &BTreeSet<HostName>) -> Self {
+        let now = Instant::now();
+        self.spf = names
+            .iter()
+            .map(|name| (name.clone(), SpfState::new(name.clone(), now)))
+            .collect();
+        self
+    }
+
+    /// Sets the guards every DNS-derived prefix passes (default: [`Guards::default`]).
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
+        self
     }
 
     /// Replaces the jitter source (tests use a constant).
@@ -164,12 +212,54 @@ impl<R: Resolve> DnsEngine<R> {
                     stale_at: Some(now + (self.policy.stale_grace - age)),
                 };
             }
+            // The guards in force now apply to what an earlier run accepted.
+            let source = Source::Host(name.clone());
+            let candidates = to_cidrs(&state.addresses());
+            let kept = self.screen(&source, &candidates).unwrap_or_default();
+            let Some(state) = self.names.get_mut(&name) else {
+                continue;
+            };
+            for family in [&mut state.v4, &mut state.v6] {
+                family.addrs.retain(|ip| kept.contains(&Cidr::host(*ip)));
+            }
             let addresses = state.addresses();
             if !addresses.is_empty() {
                 tracing::info!(%name, addresses = %list(&addresses), "restored from the state file");
             }
-            self.sources
-                .set(&Source::Host(name.clone()), &to_cidrs(&addresses));
+            self.set_source(&source, &to_cidrs(&addresses));
+        }
+        for (name, saved_spf) in saved.spf {
+            let Some(state) = self.spf.get_mut(&name) else {
+                tracing::info!(%name, "state file has an SPF record that is no longer configured; ignored");
+                continue;
+            };
+            for saved in saved_spf.prefixes {
+                let confirmed = UNIX_EPOCH.checked_add(Duration::from_secs(saved.confirmed_unix));
+                let age = confirmed
+                    .map(|at| wall_now.duration_since(at).unwrap_or_default())
+                    .unwrap_or(self.policy.stale_grace);
+                if age >= self.policy.stale_grace {
+                    continue;
+                }
+                state
+                    .entries
+                    .entry(saved.prefix)
+                    .or_default()
+                    .insert(saved.chain, now + (self.policy.stale_grace - age));
+            }
+            let source = Source::Spf(name.clone());
+            let candidates = state.prefixes();
+            let kept = self.screen(&source, &candidates).unwrap_or_default();
+            let Some(state) = self.spf.get_mut(&name) else {
+                continue;
+            };
+            state.entries.retain(|cidr, _| kept.contains(cidr));
+            let prefixes = state.prefixes();
+            restored += prefixes.len();
+            if !prefixes.is_empty() {
+                tracing::info!(%name, prefixes = %list(&prefixes), "SPF prefixes restored from the state file");
+            }
+            self.set_source(&source, &prefixes);
         }
         restored
     }
@@ -191,9 +281,20 @@ impl<R: Resolve> DnsEngine<R> {
             .unwrap_or_default()
     }
 
+    /// An SPF source's current prefixes.
+    pub fn spf_prefixes(&self, name: &HostName) -> BTreeSet<Cidr> {
+        self.spf
+            .get(name)
+            .map(SpfState::prefixes)
+            .unwrap_or_default()
+    }
+
     /// The next moment a lookup or an expiry is due.
     pub fn next_event(&self) -> Option<Instant> {
-        self.names.values().map(NameState::next_event).min()
+        let names = self.names.values().map(NameState::next_event);
+        names
+            .chain(self.spf.values().map(SpfState::next_event))
+            .min()
     }
 
     /// Does everything due now: expires stale addresses, looks up the due names (all at
@@ -218,16 +319,37 @@ impl<R: Resolve> DnsEngine<R> {
                     match tokio::time::timeout(LOOKUP_DEADLINE, resolver.lookup(&name)).await {
                         Ok(answer) => answer,
                         Err(_) => NameAnswer {
-                            v4: super::FamilyAnswer::Failed(FailureKind::Timeout),
-                            v6: super::FamilyAnswer::Failed(FailureKind::Timeout),
+                            v4: FamilyAnswer::Failed(FailureKind::Timeout),
+                            v6: FamilyAnswer::Failed(FailureKind::Timeout),
                         },
                     };
-                (name, answer)
+                (name, Round::Name(answer))
+            });
+        }
+        let due_spf: Vec<HostName> = self
+            .spf
+            .values()
+            .filter(|state| state.next_refresh <= now)
+            .map(|state| state.name.clone())
+            .collect();
+        for name in due_spf {
+            let resolver = self.resolver.clone();
+            lookups.spawn(async move {
+                let expansion =
+                    tokio::time::timeout(LOOKUP_DEADLINE, spf_expand::expand(&resolver, &name))
+                        .await
+                        .unwrap_or(Err(FailureKind::Timeout));
+                (name, Round::Spf(expansion))
             });
         }
         while let Some(joined) = lookups.join_next().await {
             match joined {
-                Ok((name, answer)) => persist |= self.apply(&name, answer, Instant::now()),
+                Ok((name, Round::Spf(outcome))) => {
+                    persist |= self.apply_spf(&name, outcome, Instant::now())
+                }
+                Ok((name, Round::Name(answer))) => {
+                    persist |= self.apply(&name, answer, Instant::now())
+                }
                 // A panicking lookup must not take the daemon down: that name is retried
                 // when its (unchanged) schedule says so.
                 Err(error) => tracing::error!("a DNS lookup task failed: {error}"),
@@ -285,6 +407,11 @@ impl<R: Resolve> DnsEngine<R> {
 
     fn apply(&mut self, name: &HostName, answer: NameAnswer, now: Instant) -> bool {
         let random = (self.random)();
+        if !self.names.contains_key(name) {
+            return false;
+        }
+        let source = Source::Host(name.clone());
+        let answer = self.screen_name_answer(&source, answer);
         let Some(state) = self.names.get_mut(name) else {
             return false;
         };
@@ -292,8 +419,12 @@ impl<R: Resolve> DnsEngine<R> {
         let refreshed = state.apply(answer, now, &self.policy, random);
         let addresses = state.addresses();
         let failures_in_row = state.failures_in_row;
-        self.sources
-            .set(&Source::Host(name.clone()), &to_cidrs(&addresses));
+        self.set_source(&source, &to_cidrs(&addresses));
+        self.count_round(
+            &source,
+            refreshed.failure.iter().map(|f| &f.kind),
+            refreshed.confirmed,
+        );
         let Refreshed {
             added,
             removed,
@@ -303,12 +434,6 @@ impl<R: Resolve> DnsEngine<R> {
             confirmed,
         } = refreshed;
         if let Some(failure) = &failure {
-            self.stats.failures += 1;
-            *self
-                .stats
-                .failures_by_kind
-                .entry(failure_label(&failure.kind))
-                .or_default() += 1;
             tracing::warn!(
                 %name,
                 families = %failure.families,
@@ -336,6 +461,213 @@ impl<R: Resolve> DnsEngine<R> {
         confirmed
     }
 
+    /// Applies an SPF source's round; returns whether DNS confirmed anything.
+    fn apply_spf(
+        &mut self,
+        name: &HostName,
+        outcome: Result<Expansion, FailureKind>,
+        now: Instant,
+    ) -> bool {
+        let random = (self.random)();
+        if !self.spf.contains_key(name) {
+            return false;
+        }
+        let source = Source::Spf(name.clone());
+        let outcome = outcome.and_then(|mut expansion| {
+            self.warn_ignored(&source, &expansion);
+            let candidates = expansion.prefixes.keys().copied().collect();
+            let kept = self.screen(&source, &candidates)?;
+            expansion.prefixes.retain(|cidr, _| kept.contains(cidr));
+            Ok(expansion)
+        });
+        let Some(state) = self.spf.get_mut(name) else {
+            return false;
+        };
+        self.stats.lookups += 1;
+        let done = state.apply(outcome, now, &self.policy, random);
+        let prefixes = state.prefixes();
+        let failures_in_row = state.failures_in_row;
+        self.set_source(&source, &prefixes);
+        let failures = done
+            .failure
+            .iter()
+            .chain(done.partial.iter().map(|(_, kind)| kind));
+        self.count_round(&source, failures, done.confirmed);
+        if let Some(kind) = &done.failure {
+            tracing::warn!(
+                spf = %name,
+                error = %kind,
+                failures_in_row,
+                kept = %list(&prefixes),
+                retry_in = ?done.next_in,
+                "SPF lookup failed; keeping the last known prefixes"
+            );
+        }
+        for (chain, kind) in &done.partial {
+            tracing::warn!(
+                spf = %name,
+                part = %render_chain(chain),
+                error = %kind,
+                retry_in = ?done.next_in,
+                "part of an SPF record failed; keeping its last known prefixes"
+            );
+        }
+        if !done.added.is_empty() || !done.removed.is_empty() {
+            tracing::info!(
+                spf = %name,
+                added = %list(&done.added),
+                removed = %list(&done.removed),
+                now = %list(&prefixes),
+                ttl = ?done.ttl,
+                next_refresh_in = ?done.next_in,
+                "allowlist prefixes of SPF record changed"
+            );
+        }
+        done.confirmed
+    }
+
+    /// Reports the terms an SPF record has that the expander ignores, once per record.
+    fn warn_ignored(&mut self, source: &Source, expansion: &Expansion) {
+        for (record, terms) in &expansion.ignored {
+            if self.warned_ignored.insert(record.clone()) {
+                tracing::warn!(
+                    %source,
+                    %record,
+                    ignored = %list(terms),
+                    "SPF terms ignored: ptr, exists and macros cannot name relay ranges"
+                );
+            }
+        }
+    }
+
+    /// The one place every DNS-derived prefix, of every source kind, passes the guards
+    /// (docs/dns.md, "Guards"): each refusal is logged and counted. `Err` when the answer is
+    /// refused whole (over the cap, or nothing left), so the source keeps its last good set.
+    fn screen(
+        &mut self,
+        source: &Source,
+        candidates: &BTreeSet<Cidr>,
+    ) -> Result<BTreeSet<Cidr>, FailureKind> {
+        let screened = self.guards.screen(candidates);
+        let mut by_guard: BTreeMap<Guard, Vec<Cidr>> = BTreeMap::new();
+        for (cidr, guard) in &screened.refused {
+            by_guard.entry(*guard).or_default().push(*cidr);
+        }
+        if screened.over_cap.is_some() {
+            by_guard.entry(Guard::MaxPrefixes).or_default();
+        }
+        let stats = self.stats.sources.entry(source.clone()).or_default();
+        for (guard, refused) in &by_guard {
+            // The cap refuses one answer, the others one prefix each.
+            let count = refused.len().max(1) as u64;
+            *stats
+                .refusals_by_guard
+                .entry(guard.label().into())
+                .or_default() += count;
+            *self
+                .stats
+                .refusals_by_guard
+                .entry(guard.label().into())
+                .or_default() += count;
+            if *guard != Guard::MaxPrefixes {
+                tracing::warn!(
+                    %source,
+                    guard = guard.label(),
+                    refused = %list(refused),
+                    "DNS-derived prefixes refused by a guard; the rest of the answer is used"
+                );
+            }
+        }
+        if let Some(found) = screened.over_cap {
+            tracing::warn!(
+                %source,
+                guard = Guard::MaxPrefixes.label(),
+                found,
+                cap = self.guards.max_prefixes,
+                "DNS answer over --dns-max-prefixes refused whole; keeping the last good set"
+            );
+            return Err(FailureKind::OverCap(found));
+        }
+        if screened.kept.is_empty() && !screened.refused.is_empty() {
+            return Err(FailureKind::AllRefused);
+        }
+        Ok(screened.kept)
+    }
+
+    /// A name's answer with the guards applied: refused addresses taken out (a family left
+    /// without any counts as NODATA), or every family failed when the answer is refused whole.
+    fn screen_name_answer(&mut self, source: &Source, answer: NameAnswer) -> NameAnswer {
+        let mut candidates = BTreeSet::new();
+        for family in [&answer.v4, &answer.v6] {
+            if let FamilyAnswer::Records { addrs, .. } = family {
+                candidates.extend(addrs.iter().map(|ip| Cidr::host(*ip)));
+            }
+        }
+        if candidates.is_empty() {
+            return answer;
+        }
+        let kept = match self.screen(source, &candidates) {
+            Ok(kept) => kept,
+            Err(kind) => {
+                return NameAnswer {
+                    v4: FamilyAnswer::Failed(kind.clone()),
+                    v6: FamilyAnswer::Failed(kind),
+                };
+            }
+        };
+        let keep = |family: FamilyAnswer| match family {
+            FamilyAnswer::Records { addrs, ttl } => {
+                let addrs: BTreeSet<IpAddr> = addrs
+                    .into_iter()
+                    .filter(|ip| kept.contains(&Cidr::host(*ip)))
+                    .collect();
+                if addrs.is_empty() {
+                    FamilyAnswer::NoData
+                } else {
+                    FamilyAnswer::Records { addrs, ttl }
+                }
+            }
+            other => other,
+        };
+        NameAnswer {
+            v4: keep(answer.v4),
+            v6: keep(answer.v6),
+        }
+    }
+
+    /// Makes `source` contribute `cidrs` to the union and records its size.
+    fn set_source(&mut self, source: &Source, cidrs: &BTreeSet<Cidr>) {
+        self.sources.set(source, cidrs);
+        self.stats
+            .sources
+            .entry(source.clone())
+            .or_default()
+            .entries = cidrs.len() as u64;
+    }
+
+    /// Counts one lookup round of `source` and its failures, in the totals and per source.
+    fn count_round<'k>(
+        &mut self,
+        source: &Source,
+        failures: impl Iterator<Item = &'k FailureKind>,
+        confirmed: bool,
+    ) {
+        let stats = self.stats.sources.entry(source.clone()).or_default();
+        stats.lookups += 1;
+        if confirmed {
+            stats.last_success_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+        }
+        for kind in failures {
+            let label = failure_label(kind);
+            *stats.failures_by_kind.entry(label.clone()).or_default() += 1;
+            self.stats.failures += 1;
+            *self.stats.failures_by_kind.entry(label).or_default() += 1;
+        }
+    }
+
     fn expire(&mut self, now: Instant) -> bool {
         let mut expired_any = false;
         for state in self.names.values_mut() {
@@ -355,6 +687,30 @@ impl<R: Resolve> DnsEngine<R> {
             );
             self.sources
                 .set(&Source::Host(state.name.clone()), &to_cidrs(&addresses));
+            self.stats
+                .sources
+                .entry(Source::Host(state.name.clone()))
+                .or_default()
+                .entries = addresses.len() as u64;
+        }
+        for state in self.spf.values_mut() {
+            let gone = state.expire(now);
+            if gone.is_empty() {
+                continue;
+            }
+            expired_any = true;
+            self.stats.expired += gone.len() as u64;
+            let prefixes = state.prefixes();
+            tracing::warn!(
+                spf = %state.name,
+                removed = %list(&gone),
+                now = %list(&prefixes),
+                stale_grace = ?self.policy.stale_grace,
+                "no successful DNS answer within the stale grace; SPF prefixes removed"
+            );
+            let source = Source::Spf(state.name.clone());
+            self.sources.set(&source, &prefixes);
+            self.stats.sources.entry(source).or_default().entries = prefixes.len() as u64;
         }
         expired_any
     }
@@ -373,21 +729,37 @@ impl<R: Resolve> DnsEngine<R> {
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let grace = self.policy.stale_grace;
-        let save_family = |family: &FamilyState| {
-            let confirmed_unix = family.stale_at.map(|stale_at| {
-                let age = grace.saturating_sub(stale_at.saturating_duration_since(now));
-                wall_now
-                    .checked_sub(age)
-                    .unwrap_or(UNIX_EPOCH)
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs()
-            });
-            SavedFamily {
-                addresses: family.addrs.clone(),
-                confirmed_unix,
-            }
+        let confirmed_unix = |stale_at: Instant| {
+            let age = grace.saturating_sub(stale_at.saturating_duration_since(now));
+            wall_now
+                .checked_sub(age)
+                .unwrap_or(UNIX_EPOCH)
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
         };
+        let save_family = |family: &FamilyState| SavedFamily {
+            addresses: family.addrs.clone(),
+            confirmed_unix: family.stale_at.map(confirmed_unix),
+        };
+        let spf = self
+            .spf
+            .iter()
+            .map(|(name, state)| {
+                let prefixes = state
+                    .entries
+                    .iter()
+                    .flat_map(|(cidr, chains)| {
+                        chains.iter().map(|(chain, stale_at)| SavedSpfPrefix {
+                            prefix: *cidr,
+                            chain: chain.clone(),
+                            confirmed_unix: confirmed_unix(*stale_at),
+                        })
+                    })
+                    .collect();
+                (name.clone(), SavedSpf { prefixes })
+            })
+            .collect();
         let saved = Saved {
             names: self
                 .names
@@ -402,6 +774,7 @@ impl<R: Resolve> DnsEngine<R> {
                     )
                 })
                 .collect(),
+            spf,
         };
         let result = tokio::task::spawn_blocking(move || file.save(&saved))
             .await
@@ -418,6 +791,12 @@ impl<R: Resolve> DnsEngine<R> {
     }
 }
 
+/// What one due source's lookup produced.
+enum Round {
+    Name(NameAnswer),
+    Spf(Result<Expansion, FailureKind>),
+}
+
 fn to_cidrs(addresses: &BTreeSet<IpAddr>) -> BTreeSet<Cidr> {
     addresses.iter().map(|ip| Cidr::host(*ip)).collect()
 }
@@ -426,6 +805,10 @@ fn failure_label(kind: &FailureKind) -> String {
     match kind {
         FailureKind::Unreachable(_) => "unreachable".into(),
         FailureKind::Other(_) => "other".into(),
+        FailureKind::OverCap(_) => "over-cap".into(),
+        FailureKind::AllRefused => "all-refused".into(),
+        FailureKind::SpfPermError(_) => "spf-permerror".into(),
+        FailureKind::Dnssec(_) => "dnssec".into(),
         kind => kind.to_string(),
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! The parts, each testable on its own:
 //! - [`name`]: validated, fully qualified host names;
+//! - [`guards`]: what every DNS-derived prefix must pass (minimum length, allowed ranges, cap);
+//! - [`spf`], [`spf_expand`], [`spf_source`]: `--allow-spf` records parsed, expanded into
+//!   prefixes with their origin chains, and kept per source like names;
 //! - [`resolver`]: the [`Resolve`] trait and its hickory implementation, which turns a lookup
 //!   into a [`NameAnswer`] (per family: records with a TTL, no data, or a classified failure);
 //! - [`refresh`]: the per-name state machine (pure: time is a parameter): when to refresh,
@@ -14,18 +17,25 @@
 //!   daemon, and [`Enforcer`], which writes it into the filter and picks the action.
 
 pub mod engine;
+pub mod guards;
 pub mod name;
 pub mod refresh;
 pub mod resolver;
 pub mod sources;
+pub mod spf;
+pub mod spf_expand;
+pub mod spf_source;
 pub mod state_file;
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use engine::{AllowlistUpdate, DnsEngine, DnsStats, Enforcer};
+pub use engine::{AllowlistUpdate, DnsEngine, DnsStats, Enforcer, SourceStats};
+pub use guards::Guards;
 pub use name::HostName;
 pub use refresh::RefreshPolicy;
-pub use resolver::{FailureKind, FamilyAnswer, HickoryResolve, NameAnswer, Resolve};
+pub use resolver::{
+    Answer, Dnssec, FailureKind, FamilyAnswer, HickoryResolve, NameAnswer, Resolve,
+};
 
 /// Default for `--dns-min-refresh`.
 pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -41,6 +51,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/mxguard";
 pub struct DnsSettings {
     /// The names to resolve, fully qualified, without duplicates.
     pub hosts: BTreeSet<HostName>,
+    /// The `--allow-spf` records to expand.
+    pub spf: BTreeSet<HostName>,
+    /// What every DNS-derived prefix must pass.
+    pub guards: Guards,
+    pub dnssec: Dnssec,
     /// Name servers to ask; empty means the system's resolv.conf.
     pub servers: Vec<SocketAddr>,
     /// Per-query timeout; `None` keeps the resolver's (resolv.conf or 5 s).

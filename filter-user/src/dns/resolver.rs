@@ -5,6 +5,7 @@ use std::{
     fmt,
     future::Future,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -13,7 +14,11 @@ use hickory_resolver::{
     TokioResolver,
     config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig},
     net::{DnsError, NetError, NoRecords, runtime::TokioRuntimeProvider},
-    proto::{op::ResponseCode, rr::RecordType},
+    proto::{
+        dnssec::{Proof, TrustAnchors},
+        op::ResponseCode,
+        rr::{RData, Record, RecordType},
+    },
 };
 
 use super::HostName;
@@ -35,6 +40,14 @@ pub enum FailureKind {
     Unreachable(String),
     /// Anything else (other response codes, malformed answers, ...).
     Other(String),
+    /// More prefixes than `--dns-max-prefixes`: the whole answer was refused.
+    OverCap(usize),
+    /// Every prefix of the answer was refused by a guard (min prefix, allow-within).
+    AllRefused,
+    /// An SPF record that cannot be used (syntax, RFC 7208 limits, an include loop, ...).
+    SpfPermError(String),
+    /// `--dns-dnssec validate`: the answer is bogus or not signed.
+    Dnssec(String),
 }
 
 impl fmt::Display for FailureKind {
@@ -47,6 +60,10 @@ impl fmt::Display for FailureKind {
             FailureKind::Empty => f.write_str("empty answer"),
             FailureKind::Unreachable(detail) => write!(f, "server unreachable ({detail})"),
             FailureKind::Other(detail) => write!(f, "error ({detail})"),
+            FailureKind::OverCap(found) => write!(f, "{found} prefixes, over --dns-max-prefixes"),
+            FailureKind::AllRefused => f.write_str("every prefix refused by the guards"),
+            FailureKind::SpfPermError(detail) => write!(f, "unusable SPF record ({detail})"),
+            FailureKind::Dnssec(detail) => write!(f, "DNSSEC validation failed ({detail})"),
         }
     }
 }
@@ -72,9 +89,44 @@ pub struct NameAnswer {
     pub v6: FamilyAnswer,
 }
 
+/// What a TXT or MX query produced (the SPF expander's queries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer<T> {
+    /// `ttl` is the smallest TTL of the answer's records.
+    Records {
+        data: T,
+        ttl: Duration,
+    },
+    /// NOERROR without records of this type (NODATA).
+    NoData,
+    Failed(FailureKind),
+}
+
 /// Something that can look names up: hickory in production, a fake in unit tests.
 pub trait Resolve: Clone + Send + Sync + 'static {
     fn lookup(&self, name: &HostName) -> impl Future<Output = NameAnswer> + Send;
+
+    /// The name's TXT records, each one's strings joined (RFC 7208 3.3).
+    fn txt(&self, name: &HostName) -> impl Future<Output = Answer<Vec<String>>> + Send {
+        let _ = name;
+        async { Answer::Failed(FailureKind::Other("TXT lookups not supported".into())) }
+    }
+
+    /// The name's MX hosts.
+    fn mx(&self, name: &HostName) -> impl Future<Output = Answer<Vec<HostName>>> + Send {
+        let _ = name;
+        async { Answer::Failed(FailureKind::Other("MX lookups not supported".into())) }
+    }
+}
+
+/// `--dns-dnssec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Dnssec {
+    #[default]
+    Off,
+    /// Validate every answer; anything not proven secure is a failure. The trust anchor is
+    /// hickory's root keys, or the DNSKEY records in the given file.
+    Validate { trust_anchor: Option<PathBuf> },
 }
 
 /// hickory-resolver, with its cache off: every refresh asks the server, and record TTLs come
@@ -82,12 +134,17 @@ pub trait Resolve: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct HickoryResolve {
     resolver: TokioResolver,
+    validate: bool,
 }
 
 impl HickoryResolve {
     /// `servers` empty: the system's resolv.conf (its options included). `timeout` overrides
     /// the per-query timeout.
-    pub fn new(servers: &[SocketAddr], timeout: Option<Duration>) -> anyhow::Result<Self> {
+    pub fn new(
+        servers: &[SocketAddr],
+        timeout: Option<Duration>,
+        dnssec: &Dnssec,
+    ) -> anyhow::Result<Self> {
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
                 .context("reading the system resolver configuration (/etc/resolv.conf)")?
@@ -116,44 +173,103 @@ impl HickoryResolve {
         if let Some(timeout) = timeout {
             options.timeout = timeout;
         }
+        let validate = matches!(dnssec, Dnssec::Validate { .. });
+        if let Dnssec::Validate { trust_anchor } = dnssec {
+            // The DO bit and the signatures need EDNS.
+            options.edns0 = true;
+            options.validate = true;
+            if let Some(path) = trust_anchor {
+                let anchors = TrustAnchors::from_file(path).with_context(|| {
+                    format!("reading the DNSSEC trust anchor {}", path.display())
+                })?;
+                builder = builder.with_trust_anchor(std::sync::Arc::new(anchors));
+            }
+        }
         let resolver = builder.build().context("building the DNS resolver")?;
-        Ok(HickoryResolve { resolver })
+        Ok(HickoryResolve { resolver, validate })
     }
 
-    async fn lookup_family(&self, name: &HostName, record_type: RecordType) -> FamilyAnswer {
-        let query_name = match name.to_name() {
-            Ok(query_name) => query_name,
-            Err(error) => return FamilyAnswer::Failed(FailureKind::Other(format!("{error:#}"))),
-        };
+    /// One query; with DNSSEC validation, records not proven secure make it a failure.
+    async fn query(
+        &self,
+        name: &HostName,
+        record_type: RecordType,
+    ) -> Result<Vec<Record>, FamilyAnswer> {
+        let query_name = name
+            .to_name()
+            .map_err(|error| FamilyAnswer::Failed(FailureKind::Other(format!("{error:#}"))))?;
         // cache_size 0 already keeps nothing; clearing makes sure of it.
         self.resolver
             .clear_lookup_cache(query_name.clone(), record_type);
-        match self.resolver.lookup(query_name, record_type).await {
-            Ok(lookup) => {
-                let mut addrs = BTreeSet::new();
-                let mut ttl = u32::MAX;
-                for record in lookup.answers() {
-                    // CNAMEs on the way count for the TTL: the chain is only valid as long as
-                    // its shortest link.
-                    ttl = ttl.min(record.ttl);
-                    match (record_type, record.data.ip_addr()) {
-                        (RecordType::A, Some(ip @ IpAddr::V4(_)))
-                        | (RecordType::AAAA, Some(ip @ IpAddr::V6(_))) => {
-                            addrs.insert(ip);
-                        }
-                        _ => {}
-                    }
+        let lookup = self
+            .resolver
+            .lookup(query_name, record_type)
+            .await
+            .map_err(|error| classify(&error))?;
+        let records = lookup.answers().to_vec();
+        if self.validate
+            && let Some(record) = records.iter().find(|r| r.proof != Proof::Secure)
+        {
+            return Err(FamilyAnswer::Failed(FailureKind::Dnssec(format!(
+                "{} {} is {:?}",
+                record.name,
+                record.record_type(),
+                record.proof
+            ))));
+        }
+        Ok(records)
+    }
+
+    async fn lookup_family(&self, name: &HostName, record_type: RecordType) -> FamilyAnswer {
+        let records = match self.query(name, record_type).await {
+            Ok(records) => records,
+            Err(answer) => return answer,
+        };
+        let mut addrs = BTreeSet::new();
+        let mut ttl = u32::MAX;
+        for record in &records {
+            // CNAMEs on the way count for the TTL: the chain is only valid as long as its
+            // shortest link.
+            ttl = ttl.min(record.ttl);
+            match (record_type, record.data.ip_addr()) {
+                (RecordType::A, Some(ip @ IpAddr::V4(_)))
+                | (RecordType::AAAA, Some(ip @ IpAddr::V6(_))) => {
+                    addrs.insert(ip);
                 }
-                if addrs.is_empty() {
-                    FamilyAnswer::NoData
-                } else {
-                    FamilyAnswer::Records {
-                        addrs,
-                        ttl: Duration::from_secs(u64::from(ttl)),
-                    }
-                }
+                _ => {}
             }
-            Err(error) => classify(&error),
+        }
+        if addrs.is_empty() {
+            FamilyAnswer::NoData
+        } else {
+            FamilyAnswer::Records {
+                addrs,
+                ttl: Duration::from_secs(u64::from(ttl)),
+            }
+        }
+    }
+
+    /// A TXT or MX query: the records' data of type `record_type` and the smallest TTL.
+    async fn lookup_data<T>(
+        &self,
+        name: &HostName,
+        record_type: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Answer<Vec<T>> {
+        let records = match self.query(name, record_type).await {
+            Ok(records) => records,
+            Err(FamilyAnswer::Failed(kind)) => return Answer::Failed(kind),
+            Err(_) => return Answer::NoData,
+        };
+        let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
+        let data: Vec<T> = records.iter().filter_map(|r| pick(&r.data)).collect();
+        if data.is_empty() {
+            Answer::NoData
+        } else {
+            Answer::Records {
+                data,
+                ttl: Duration::from_secs(u64::from(ttl)),
+            }
         }
     }
 }
@@ -165,6 +281,28 @@ impl Resolve for HickoryResolve {
             self.lookup_family(name, RecordType::AAAA)
         );
         NameAnswer { v4, v6 }
+    }
+
+    async fn txt(&self, name: &HostName) -> Answer<Vec<String>> {
+        self.lookup_data(name, RecordType::TXT, |data| match data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part))
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn mx(&self, name: &HostName) -> Answer<Vec<HostName>> {
+        self.lookup_data(name, RecordType::MX, |data| match data {
+            // The null MX "." (RFC 7505) names no host.
+            RData::MX(mx) => mx.exchange.to_ascii().parse().ok(),
+            _ => None,
+        })
+        .await
     }
 }
 
@@ -189,6 +327,7 @@ pub fn classify(error: &NetError) -> FamilyAnswer {
         },
         NetError::Io(io) => FailureKind::Unreachable(io.to_string()),
         NetError::NoConnections => FailureKind::Unreachable("no connections available".into()),
+        NetError::Dns(DnsError::DnssecBogus) => FailureKind::Dnssec("bogus".into()),
         other => FailureKind::Other(other.to_string()),
     };
     FamilyAnswer::Failed(kind)

@@ -13,6 +13,36 @@ pub enum Source {
     Static,
     /// An address of a `--allow-host` name.
     Host(HostName),
+    /// A prefix an `--allow-spf` record passes.
+    Spf(HostName),
+}
+
+impl Source {
+    /// The source kind, as metrics label it: `static`, `host` or `spf`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Host(_) => "host",
+            Source::Spf(_) => "spf",
+        }
+    }
+
+    /// The configured name (empty for static prefixes).
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Static => "",
+            Source::Host(name) | Source::Spf(name) => name.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Static => f.write_str("static"),
+            source => write!(f, "{} {}", source.kind(), source.name()),
+        }
+    }
 }
 
 /// What replacing one source's prefixes did to the union.

@@ -15,9 +15,12 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use super::HostName;
+use crate::cidr::Cidr;
 
-/// The format written by this version. Loading refuses any other.
-pub const VERSION: u32 = 1;
+/// The format written by this version: 2 added `spf`. Loading reads 1 and 2, refuses others.
+pub const VERSION: u32 = 2;
+/// The oldest format still read.
+pub const OLDEST_VERSION: u32 = 1;
 
 /// One family's saved addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,16 +37,36 @@ pub struct SavedName {
     pub ipv6: SavedFamily,
 }
 
+/// One prefix an SPF record passed, by one chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSpfPrefix {
+    pub prefix: Cidr,
+    /// How it was reached: `["spf a.test", "include:b.test"]`.
+    pub chain: Vec<String>,
+    /// Wall-clock time (Unix seconds) DNS last confirmed it by this chain.
+    pub confirmed_unix: u64,
+}
+
+/// One SPF source's saved prefixes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSpf {
+    pub prefixes: Vec<SavedSpfPrefix>,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Saved {
     pub names: BTreeMap<HostName, SavedName>,
+    pub spf: BTreeMap<HostName, SavedSpf>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct FileFormat {
     version: u32,
     names: BTreeMap<String, SavedName>,
+    /// Version 2 on; absent in version 1.
+    #[serde(default)]
+    spf: BTreeMap<String, SavedSpf>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +148,11 @@ fn render(saved: &Saved) -> anyhow::Result<String> {
             .iter()
             .map(|(name, state)| (name.to_string(), state.clone()))
             .collect(),
+        spf: saved
+            .spf
+            .iter()
+            .map(|(name, state)| (name.to_string(), state.clone()))
+            .collect(),
     };
     let mut text = serde_json::to_string_pretty(&file).context("encoding the state file")?;
     text.push('\n');
@@ -135,8 +163,11 @@ fn parse(text: &str) -> anyhow::Result<Saved> {
     // The version first, so a future format gets a clear message instead of a field error.
     let VersionOnly { version } =
         serde_json::from_str(text).context("not JSON with a \"version\" number")?;
-    if version != VERSION {
-        bail!("unsupported state file version {version} (this mxguard reads version {VERSION})");
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        bail!(
+            "unsupported state file version {version} (this mxguard reads versions \
+             {OLDEST_VERSION} to {VERSION})"
+        );
     }
     let file: FileFormat = serde_json::from_str(text).context("malformed state file")?;
     let mut names = BTreeMap::new();
@@ -154,7 +185,11 @@ fn parse(text: &str) -> anyhow::Result<Saved> {
         }
         names.insert(name, state);
     }
-    Ok(Saved { names })
+    let mut spf = BTreeMap::new();
+    for (text, state) in file.spf {
+        spf.insert(text.parse()?, state);
+    }
+    Ok(Saved { names, spf })
 }
 
 #[cfg(test)]
@@ -182,7 +217,18 @@ mod tests {
                 },
             },
         );
-        Saved { names }
+        let mut spf = BTreeMap::new();
+        spf.insert(
+            "_spf.relay.test".parse().unwrap(),
+            SavedSpf {
+                prefixes: vec![SavedSpfPrefix {
+                    prefix: "198.51.100.0/24".parse().unwrap(),
+                    chain: vec!["spf _spf.relay.test".into(), "include:eu.relay.test".into()],
+                    confirmed_unix: 1_700_000_002,
+                }],
+            },
+        );
+        Saved { names, spf }
     }
 
     #[test]
@@ -207,8 +253,8 @@ mod tests {
             ("{\"version\": 1, \"names\": {", "not JSON"),
             ("garbage\u{0}\u{1}", "not JSON"),
             (
-                "{\"version\": 2, \"names\": {}}",
-                "unsupported state file version 2",
+                "{\"version\": 3, \"names\": {}}",
+                "unsupported state file version 3",
             ),
             ("{\"names\": {}}", "not JSON with a \"version\""),
             ("{\"version\": 1}", "malformed"),
@@ -232,6 +278,15 @@ mod tests {
             let error = format!("{:#}", parse(text).expect_err(text));
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        let text = "{\"version\":1,\"names\":{\"relay.test.\":{\"ipv4\":{\"addresses\":[\"192.0.2.1\"],\"confirmed_unix\":1},\"ipv6\":{\"addresses\":[],\"confirmed_unix\":null}}}}";
+        let saved = parse(text).unwrap();
+        assert_eq!(saved.names.len(), 1);
+        assert!(saved.spf.is_empty());
+        assert!(render(&saved).unwrap().contains("\"version\": 2"));
     }
 
     #[test]
