@@ -15,8 +15,8 @@ use filter_common::{Action, FamilyCounters};
 use filter_user::{
     cidr::Cidr,
     dns::{
-        AllowlistUpdate, DnsEngine, DnsStats, Dnssec, Enforcer, HickoryResolve, RefreshPolicy,
-        Resolve, state_file::StateFile,
+        AllowlistUpdate, DnsEngine, DnsStats, Dnssec, Enforcer, HickoryResolve, HostName,
+        RefreshPolicy, Resolve, state_file::StateFile,
     },
     filter::Filter,
 };
@@ -42,13 +42,15 @@ pub fn engine(
     DnsEngine::new(
         resolver,
         policy,
-        &names
-            .iter()
-            .map(|n| n.parse().expect("test name"))
-            .collect(),
+        &self::names(names),
         &cidrs(statics),
         state_dir.map(StateFile::in_dir),
     )
+}
+
+/// Test names as the engine takes them.
+pub fn names(list: &[&str]) -> BTreeSet<HostName> {
+    list.iter().map(|n| n.parse().expect("test name")).collect()
 }
 
 pub fn cidrs(list: &[&str]) -> BTreeSet<Cidr> {

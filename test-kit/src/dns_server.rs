@@ -1,6 +1,8 @@
 //! A real authoritative DNS server for tests, built on hickory-server: it serves `.test`
 //! names on 127.0.0.1 (random port, UDP and TCP on the same port), with records the test
-//! changes at run time and failure modes it switches on.
+//! changes at run time (A, AAAA, TXT, MX) and failure modes it switches on. It never echoes
+//! EDNS, so a UDP answer over 512 bytes goes out truncated (TC set) and the client must ask
+//! again over TCP, as with many real servers; [`Seen::protocol`] shows which it used.
 
 use std::{
     collections::BTreeMap,
@@ -13,9 +15,10 @@ use hickory_proto::{
     op::{Metadata, ResponseCode},
     rr::{
         Name, RData, Record, RecordType,
-        rdata::{A, AAAA},
+        rdata::{A, AAAA, MX, TXT},
     },
 };
+pub use hickory_server::net::xfer::Protocol;
 use hickory_server::{
     Server,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
@@ -43,13 +46,21 @@ pub struct Seen {
     pub name: String,
     pub record_type: RecordType,
     pub at: Instant,
+    /// UDP or TCP.
+    pub protocol: Protocol,
 }
 
 #[derive(Default)]
 struct Zone {
     /// Fully qualified lowercase name -> (addresses, TTL).
     records: BTreeMap<String, (Vec<IpAddr>, u32)>,
+    /// Name -> (TXT records, each one text, TTL).
+    txt: BTreeMap<String, (Vec<String>, u32)>,
+    /// Name -> (MX hosts, TTL).
+    mx: BTreeMap<String, (Vec<String>, u32)>,
     mode: Option<Mode>,
+    /// Per-name modes, over the server-wide one.
+    name_modes: BTreeMap<String, Mode>,
     seen: Vec<Seen>,
 }
 
@@ -113,17 +124,47 @@ impl TestDns {
             .insert(fqdn(name), (addrs, ttl));
     }
 
-    /// Removes `name`: queries for it get NXDOMAIN.
-    pub fn remove(&self, name: &str) {
+    /// Gives `name` these TXT records (each text one record, split into 255-byte strings as
+    /// the wire format needs) with `ttl` seconds. The name exists from then on.
+    pub fn set_txt(&self, name: &str, texts: &[&str], ttl: u32) {
+        let texts = texts.iter().map(|t| t.to_string()).collect();
         self.zone
             .lock()
             .expect("zone lock")
-            .records
-            .remove(&fqdn(name));
+            .txt
+            .insert(fqdn(name), (texts, ttl));
+    }
+
+    /// Gives `name` MX records naming `hosts` with `ttl` seconds.
+    pub fn set_mx(&self, name: &str, hosts: &[&str], ttl: u32) {
+        let hosts = hosts.iter().map(|h| fqdn(h)).collect();
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .mx
+            .insert(fqdn(name), (hosts, ttl));
+    }
+
+    /// Removes `name` (all its records): queries for it get NXDOMAIN.
+    pub fn remove(&self, name: &str) {
+        let mut zone = self.zone.lock().expect("zone lock");
+        let name = fqdn(name);
+        zone.records.remove(&name);
+        zone.txt.remove(&name);
+        zone.mx.remove(&name);
     }
 
     pub fn set_mode(&self, mode: Mode) {
         self.zone.lock().expect("zone lock").mode = Some(mode);
+    }
+
+    /// Answers queries for `name` alone in `mode` (`Mode::Normal` to heal it).
+    pub fn set_name_mode(&self, name: &str, mode: Mode) {
+        self.zone
+            .lock()
+            .expect("zone lock")
+            .name_modes
+            .insert(fqdn(name), mode);
     }
 
     /// Every query so far.
@@ -173,6 +214,79 @@ fn fqdn(name: &str) -> String {
     name
 }
 
+impl Zone {
+    /// The records of `record_type` for `name` (owned by `owner`, the query's spelling), or
+    /// `None` when the name does not exist at all.
+    fn answer(&self, owner: &Name, name: &str, record_type: RecordType) -> Option<Vec<Record>> {
+        let exists = self.records.contains_key(name)
+            || self.txt.contains_key(name)
+            || self.mx.contains_key(name);
+        if !exists {
+            return None;
+        }
+        let (data, ttl): (Vec<RData>, u32) = match record_type {
+            RecordType::A | RecordType::AAAA => match self.records.get(name) {
+                Some((addrs, ttl)) => (
+                    addrs
+                        .iter()
+                        .filter_map(|ip| match (record_type, ip) {
+                            (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
+                            (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(*v6))),
+                            _ => None,
+                        })
+                        .collect(),
+                    *ttl,
+                ),
+                None => (Vec::new(), 0),
+            },
+            RecordType::TXT => match self.txt.get(name) {
+                Some((texts, ttl)) => (
+                    texts
+                        .iter()
+                        .map(|text| RData::TXT(TXT::new(split_255(text))))
+                        .collect(),
+                    *ttl,
+                ),
+                None => (Vec::new(), 0),
+            },
+            RecordType::MX => match self.mx.get(name) {
+                Some((hosts, ttl)) => (
+                    hosts
+                        .iter()
+                        .map(|host| {
+                            RData::MX(MX::new(10, Name::from_ascii(host).expect("test MX host")))
+                        })
+                        .collect(),
+                    *ttl,
+                ),
+                None => (Vec::new(), 0),
+            },
+            _ => (Vec::new(), 0),
+        };
+        Some(
+            data.into_iter()
+                .map(|rdata| Record::from_rdata(owner.clone(), ttl, rdata))
+                .collect(),
+        )
+    }
+}
+
+/// A TXT record's text as character-strings of at most 255 bytes (RFC 1035 3.3.14).
+fn split_255(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.len() > 255 {
+        let mut at = 255;
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        parts.push(rest[..at].to_owned());
+        rest = &rest[at..];
+    }
+    parts.push(rest.to_owned());
+    parts
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
@@ -190,17 +304,22 @@ impl RequestHandler for Handler {
         };
         let name = fqdn(&info.query.name().to_string());
         let record_type = info.query.query_type();
+        let owner: Name = info.query.original().name().clone();
         let (mode, found) = {
             let mut zone = self.zone.lock().expect("zone lock");
             zone.seen.push(Seen {
                 name: name.clone(),
                 record_type,
                 at: Instant::now(),
+                protocol: request.protocol(),
             });
-            (
-                zone.mode.unwrap_or(Mode::Normal),
-                zone.records.get(&name).cloned(),
-            )
+            let mode = zone
+                .name_modes
+                .get(&name)
+                .copied()
+                .or(zone.mode)
+                .unwrap_or(Mode::Normal);
+            (mode, zone.answer(&owner, &name, record_type))
         };
         let code = match (mode, &found) {
             (Mode::Silent, _) => {
@@ -218,18 +337,7 @@ impl RequestHandler for Handler {
             (Mode::Empty, _) | (Mode::Normal, Some(_)) => ResponseCode::NoError,
         };
         let records: Vec<Record> = match (mode, found) {
-            (Mode::Normal, Some((addrs, ttl))) => {
-                let owner: Name = info.query.original().name().clone();
-                addrs
-                    .iter()
-                    .filter_map(|ip| match (record_type, ip) {
-                        (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(*v4))),
-                        (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(*v6))),
-                        _ => None,
-                    })
-                    .map(|rdata| Record::from_rdata(owner.clone(), ttl, rdata))
-                    .collect()
-            }
+            (Mode::Normal, Some(records)) => records,
             _ => Vec::new(),
         };
         let mut metadata = Metadata::response_from_request(&request.metadata);
