@@ -13,7 +13,7 @@ use test_kit::{
     lab::MailLab,
     netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
-    process::{Daemon, mxguard_bin, status_json},
+    process::{Daemon, mxguard_bin, scrape_metrics, status_json},
 };
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -219,4 +219,158 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
         second.log_tail()
     );
     assert!(second.stop().success());
+}
+
+#[test]
+fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_out() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let (relay, direct) = (MailLab::RELAY, MailLab::DIRECT);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (udp, tcp) = lab
+        .server
+        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
+        .expect("entering the server's namespace");
+    let dns = {
+        let _inside = runtime.enter();
+        TestDns::serve(udp, tcp)
+    };
+    // The relay's addresses arrive only through an include; the direct sender's too, but
+    // outside the --dns-allow-within ranges; the top record tries to open everything.
+    dns.set_txt(
+        "_netblocks.mx.test",
+        &["v=spf1 include:_relays.mx.test ip4:192.0.0.0/8 +all"],
+        60,
+    );
+    dns.set_txt(
+        "_relays.mx.test",
+        &[&format!(
+            "v=spf1 ip4:{} ip6:{} ip4:{} ip6:{} -all",
+            relay.v4, relay.v6, direct.v4, direct.v6
+        )],
+        60,
+    );
+    // A name that answers with more addresses than the cap.
+    dns.set(
+        "many.mx.test",
+        &[
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "192.0.2.4",
+            "192.0.2.5",
+        ],
+        60,
+    );
+    let state_dir =
+        TempDir(std::env::temp_dir().join(format!("mxguard-dns-spf-e2e-{}", std::process::id())));
+    let pins = TestPins::new();
+    let mut command = lab.server.command(mxguard_bin());
+    command
+        .args([
+            "run",
+            "--iface",
+            "eth0",
+            "--allow-spf",
+            "_netblocks.mx.test",
+        ])
+        .args(["--allow-host", "many.mx.test", "--dns-max-prefixes", "4"])
+        .args(["--dns-allow-within", "192.0.2.0/28"])
+        .args(["--dns-allow-within", "2001:db8::/123"])
+        .args([
+            "--dns-server",
+            &dns.addr().to_string(),
+            "--dns-timeout",
+            "300ms",
+        ])
+        .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
+        .args(["--metrics-addr", "127.0.0.1:9725", "--stats-interval", "0"])
+        .args(["--pin-dir", pins.arg(), "--detach-on-exit"])
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::spawn(command);
+    daemon.wait_for("enforcing", Duration::from_secs(30), |l| {
+        l.contains("switching from MONITOR to enforcing")
+    });
+    daemon.wait_for("the attach", Duration::from_secs(10), |l| {
+        l.contains("attached XDP filter")
+    });
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &daemon);
+    connects(&lab.relay, addr(MailLab::SERVER.v6, 25), &daemon);
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
+    times_out(&lab.direct, addr(MailLab::SERVER.v6, 25), &daemon);
+
+    // Each guard said what it refused.
+    let log = daemon.log();
+    let refusal = |guard: &str, what: &str| {
+        log.lines()
+            .any(|l| l.contains("refused by a guard") && l.contains(guard) && l.contains(what))
+    };
+    assert!(refusal("min-prefix", "0.0.0.0/0"), "{log}");
+    assert!(refusal("min-prefix", "192.0.0.0/8"), "{log}");
+    assert!(
+        refusal("allow-within", &format!("{}/32", direct.v4)),
+        "{log}"
+    );
+    assert!(
+        refusal("allow-within", &format!("{}/128", direct.v6)),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("over --dns-max-prefixes") && l.contains("many.mx.test")),
+        "{log}"
+    );
+
+    // And counted it, per source.
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = scrape_metrics(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725));
+    let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        body.lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{body}"))
+    };
+    let spf = [("kind", "spf"), ("source", "_netblocks.mx.test.")];
+    let refusals = "mxguard_dns_source_refusals_total";
+    assert!(sample(refusals, &[spf[0], spf[1], ("guard", "min-prefix")]) >= 3.0);
+    assert!(sample(refusals, &[spf[0], spf[1], ("guard", "allow-within")]) >= 2.0);
+    let many = [("kind", "host"), ("source", "many.mx.test.")];
+    assert!(sample(refusals, &[many[0], many[1], ("guard", "max-prefixes")]) >= 1.0);
+    assert!(
+        sample(
+            "mxguard_dns_source_failures_total",
+            &[many[0], many[1], ("failure", "over-cap")]
+        ) >= 1.0
+    );
+    assert_eq!(sample("mxguard_dns_source_entries", &spf), 2.0);
+    assert!(sample("mxguard_dns_source_lookups_total", &spf) >= 1.0);
+    assert!(sample("mxguard_dns_source_last_success_timestamp_seconds", &spf) > 1.7e9);
+
+    // status names each prefix's origin chain.
+    let status = status_json(
+        &lab.server,
+        pins.arg(),
+        &["--state-dir", state_dir.0.to_str().unwrap()],
+    );
+    let origin = status["allowlist_origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["prefix"] == format!("{}/32", relay.v4))
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(
+        origin["names"][0]["name"], "spf _netblocks.mx.test → include:_relays.mx.test",
+        "{status:#}"
+    );
+    assert!(daemon.stop().success(), "{}", daemon.log_tail());
 }
