@@ -37,7 +37,19 @@ pub fn engine(
     policy: RefreshPolicy,
     state_dir: Option<&Path>,
 ) -> DnsEngine<HickoryResolve> {
-    let resolver = HickoryResolve::new(&[server], Some(Duration::from_millis(400)), &Dnssec::Off)
+    engine_with(server, names, statics, policy, state_dir, &Dnssec::Off)
+}
+
+/// As [`engine`], with DNSSEC validation set as `dnssec` says.
+pub fn engine_with(
+    server: SocketAddr,
+    names: &[&str],
+    statics: &[&str],
+    policy: RefreshPolicy,
+    state_dir: Option<&Path>,
+    dnssec: &Dnssec,
+) -> DnsEngine<HickoryResolve> {
+    let resolver = HickoryResolve::new(&[server], Some(Duration::from_millis(400)), dnssec)
         .expect("building the resolver");
     DnsEngine::new(
         resolver,

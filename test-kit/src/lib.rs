@@ -8,8 +8,9 @@
 //! - with `loader`: [`program`] (load a configured filter, BPF_PROG_TEST_RUN), [`pins`]
 //!   (private bpffs pin directories), [`differential`] (program against the reference) and
 //!   [`notify`] (a NOTIFY_SOCKET for the daemon's systemd messages);
-//! - with `dns`: [`dns_server`] (an authoritative test DNS server), and with both,
-//!   [`dns_rig`] (the DNS engine wired to the loaded program).
+//! - with `dns`: [`dns_server`] (an authoritative test DNS server) and [`bind`] (BIND signing
+//!   and serving a DNSSEC zone), and with both, [`dns_rig`] (the DNS engine wired to the
+//!   loaded program).
 //!
 //! Without `loader` nothing here needs filter-user, whose build script needs bpf-linker: xtask,
 //! which installs bpf-linker, uses this crate that way.
@@ -20,6 +21,8 @@ pub mod netns;
 pub mod process;
 pub mod root;
 
+#[cfg(feature = "dns")]
+pub mod bind;
 #[cfg(feature = "loader")]
 pub mod differential;
 #[cfg(all(feature = "loader", feature = "dns"))]
