@@ -321,3 +321,134 @@ impl<R: Resolve> Walk<'_, R> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The expander's rules on a scripted resolver; tests/tests/dns_spf.rs runs the same
+    //! shapes against a real DNS server.
+    use std::{collections::BTreeMap, sync::Arc};
+
+    use super::*;
+    use crate::dns::NameAnswer;
+
+    #[derive(Clone, Default)]
+    struct Records {
+        txt: Arc<BTreeMap<String, String>>,
+    }
+
+    impl Resolve for Records {
+        async fn lookup(&self, _name: &HostName) -> NameAnswer {
+            NameAnswer {
+                v4: FamilyAnswer::Failed(FailureKind::NxDomain),
+                v6: FamilyAnswer::Failed(FailureKind::NxDomain),
+            }
+        }
+
+        async fn txt(&self, name: &HostName) -> Answer<Vec<String>> {
+            match self.txt.get(name.as_str().trim_end_matches('.')) {
+                Some(text) => Answer::Records {
+                    data: vec![text.clone()],
+                    ttl: Duration::from_secs(60),
+                },
+                None => Answer::Failed(FailureKind::NxDomain),
+            }
+        }
+    }
+
+    async fn expand_with(records: &[(&str, &str)]) -> Result<Expansion, FailureKind> {
+        let resolver = Records {
+            txt: Arc::new(
+                records
+                    .iter()
+                    .map(|(n, t)| (n.to_string(), t.to_string()))
+                    .collect(),
+            ),
+        };
+        expand(&resolver, &records[0].0.parse().unwrap()).await
+    }
+
+    fn permerror(result: Result<Expansion, FailureKind>) -> String {
+        match result {
+            Err(FailureKind::SpfPermError(why)) => why,
+            other => panic!("expected a permerror, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn loops_are_found_before_the_lookup_limit() {
+        let why = permerror(
+            expand_with(&[
+                ("a.test", "v=spf1 include:b.test -all"),
+                ("b.test", "v=spf1 include:a.test -all"),
+            ])
+            .await,
+        );
+        assert_eq!(why, "include loop: a.test → b.test → a.test");
+        // A diamond is no loop.
+        let done = expand_with(&[
+            ("a.test", "v=spf1 include:b.test include:c.test -all"),
+            ("b.test", "v=spf1 include:d.test -all"),
+            ("c.test", "v=spf1 include:d.test -all"),
+            ("d.test", "v=spf1 ip4:192.0.2.1 -all"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            done.prefixes.values().next().unwrap().len(),
+            2,
+            "two chains"
+        );
+        assert_eq!(done.lookups, 4);
+    }
+
+    #[tokio::test]
+    async fn limits_and_redirects() {
+        let many = format!(
+            "v=spf1 {} -all",
+            (0..11)
+                .map(|_| "include:b.test")
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(
+            permerror(expand_with(&[("a.test", &many), ("b.test", "v=spf1 -all")]).await)
+                .contains("more than 10"),
+            "eleven includes"
+        );
+        let why =
+            permerror(expand_with(&[("a.test", "v=spf1 a:x.test a:y.test a:z.test -all")]).await);
+        assert!(why.contains("void lookups"), "{why}");
+        // Two voids are allowed.
+        assert!(
+            expand_with(&[("a.test", "v=spf1 a:x.test a:y.test -all")])
+                .await
+                .is_ok()
+        );
+        // redirect= is followed without an all, and its prefixes carry the chain.
+        let done = expand_with(&[
+            ("a.test", "v=spf1 ip4:192.0.2.1 redirect=b.test"),
+            ("b.test", "v=spf1 ip6:2001:db8::/48 -all"),
+        ])
+        .await
+        .unwrap();
+        let chains: Vec<String> = done
+            .prefixes
+            .values()
+            .flatten()
+            .map(|chain| render_chain(chain))
+            .collect();
+        assert_eq!(chains, ["spf a.test", "spf a.test → redirect=b.test"]);
+        // An include of a name without a record is a permerror, the top record missing a
+        // failure to retry.
+        assert!(
+            permerror(expand_with(&[("a.test", "v=spf1 include:gone.test -all")]).await)
+                .contains("no SPF record")
+        );
+        assert_eq!(
+            expand_with(&[("a.test", "not spf")]).await.err(),
+            Some(FailureKind::SpfPermError(
+                "a.test has no single v=spf1 record".into()
+            ))
+        );
+    }
+}
