@@ -63,7 +63,8 @@ fn smtp(port: u16) -> SocketAddr {
 fn check_config_prints_the_effective_configuration_and_flags_override_the_file() {
     let lab = MailLab::new();
     let config = ConfigFile::new(
-        "iface = [\"eth0\"]\nport = [2525]\nallow = [\"192.0.2.10\"]\naction = \"reject\"\nstats-interval = \"5s\"\n",
+        "iface = [\"eth0\"]\nport = [2525]\nallow = [\"192.0.2.10\"]\naction = \"reject\"\nstats-interval = \"5s\"\n\
+         allow-spf = [\"_netblocks.mx.test\"]\ndns-allow-within = [\"192.0.2.0/24\"]\n",
     );
     let output = mxguard(
         &lab.server,
@@ -94,6 +95,17 @@ fn check_config_prints_the_effective_configuration_and_flags_override_the_file()
         "{effective}"
     );
     assert!(effective.contains("stats-interval = \"5s\""), "{effective}");
+    // The DNS guards show, defaults included.
+    for guard in [
+        "allow-spf = [\"_netblocks.mx.test.\"]",
+        "dns-min-prefix-v4 = 12",
+        "dns-min-prefix-v6 = 28",
+        "dns-max-prefixes = 1024",
+        "dns-allow-within = [\"192.0.2.0/24\"]",
+        "dns-dnssec = \"off\"",
+    ] {
+        assert!(effective.contains(guard), "{guard} in:\n{effective}");
+    }
 }
 
 #[test]
@@ -115,6 +127,10 @@ fn check_config_rejects_bad_files_with_the_key_and_line() {
         ("iface = [\"eth9\"]\n", &["unknown interface \"eth9\""][..]),
         ("iface = [\"eth0\"]\naction = \"bounce\"\n", &["action"][..]),
         ("port = [25]\n", &["no interface to protect"][..]),
+        (
+            "iface = [\"eth0\"]\nallow-spf = [\"spf.mx.test\"]\ndns-min-prefix-v4 = 0\n",
+            &["--dns-min-prefix-v4 must be from 1 to 32"][..],
+        ),
     ];
     for (text, expected) in cases {
         let config = ConfigFile::new(text);
