@@ -5,6 +5,7 @@
 //! - [`lab`]: the mail-gateway topology of the namespace suites;
 //! - [`frames`]: test frames with the shapes the verdict rule cares about;
 //! - [`process`]: the real `mxguard` binary as a child process;
+//! - [`temp_dir`]: a test's own directory, removed on drop;
 //! - with `loader`: [`program`] (load a configured filter, BPF_PROG_TEST_RUN), [`pins`]
 //!   (private bpffs pin directories), [`differential`] (program against the reference) and
 //!   [`notify`] (a NOTIFY_SOCKET for the daemon's systemd messages);
@@ -20,6 +21,7 @@ pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod root;
+pub mod temp_dir;
 
 #[cfg(feature = "dns")]
 pub mod bind;

@@ -21,6 +21,7 @@ use hickory_proto::rr::RecordType;
 use test_kit::{
     dns_rig::{Rig, XDP_DROP, XDP_PASS, cidrs, engine, holds, trie_handle},
     dns_server::{Mode, TestDns},
+    temp_dir::TempDir,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -37,24 +38,6 @@ fn policy(min_ms: u64, max_ms: u64, grace_ms: u64) -> RefreshPolicy {
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
-}
-
-/// A state directory unique to the test, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("mxguard-dns-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the state dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[tokio::test]

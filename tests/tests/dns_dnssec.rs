@@ -9,6 +9,7 @@ use filter_user::dns::{Dnssec, RefreshPolicy, sources::Source};
 use test_kit::{
     bind::{SignedZone, Variant},
     dns_rig::{Rig, XDP_DROP, XDP_PASS, cidrs, engine_with, names},
+    temp_dir::TempDir,
 };
 
 fn policy() -> RefreshPolicy {
@@ -21,15 +22,6 @@ fn policy() -> RefreshPolicy {
 
 const RECORDS: &str = "relay IN A 192.0.2.10\nrelay IN AAAA 2001:db8::10\n\
                        _spf IN TXT \"v=spf1 ip4:198.51.100.0/24 -all\"\n";
-
-/// A state directory unique to the test, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn dnssec_failures(stats: &filter_user::dns::DnsStats, source: &Source) -> u64 {
     stats
@@ -46,8 +38,7 @@ async fn signed_answers_pass_tampered_and_unsigned_ones_fail_static() {
     let validate = Dnssec::Validate {
         trust_anchor: Some(zone.trust_anchor.clone()),
     };
-    let state =
-        TempDir(std::env::temp_dir().join(format!("mxguard-dnssec-{}", std::process::id())));
+    let state = TempDir::new("dnssec");
     let host = Source::Host("relay.mx.test".parse().unwrap());
     let spf = Source::Spf("_spf.mx.test".parse().unwrap());
     let start = |server| {

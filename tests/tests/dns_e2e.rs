@@ -14,6 +14,7 @@ use test_kit::{
     netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
     process::{Daemon, mxguard_bin, scrape_metrics, status_json},
+    temp_dir::TempDir,
 };
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -26,15 +27,6 @@ fn connects(from: &Netns, to: SocketAddr, daemon: &Daemon) {
 
 fn times_out(from: &Netns, to: SocketAddr, daemon: &Daemon) {
     assert_times_out(from, to, &daemon.log_tail());
-}
-
-/// A state directory unique to the test, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// mxguard on the server's eth0 with fresh maps (its own pin directory, unpinned on exit),
@@ -59,14 +51,9 @@ fn mxguard_with_dns(
     Daemon::spawn(command)
 }
 
-#[test]
-fn dns_answers_decide_who_reaches_port_25() {
-    let lab = MailLab::new();
-    let _smtp = lab.server.listen(25);
-    let (server_v4, server_v6) = (MailLab::SERVER.v4, MailLab::SERVER.v6);
-    let (relay, direct) = (MailLab::RELAY, MailLab::DIRECT);
-
-    // The DNS server listens on the server namespace's loopback; this process serves it.
+/// A DNS server on the server namespace's loopback, served by this process's runtime (kept
+/// alive by the caller for as long as the server).
+fn dns_in_server(lab: &MailLab) -> (tokio::runtime::Runtime, TestDns) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -76,17 +63,27 @@ fn dns_answers_decide_who_reaches_port_25() {
         .server
         .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
         .expect("entering the server's namespace");
-    let mut dns = {
+    let dns = {
         let _inside = runtime.enter();
         TestDns::serve(udp, tcp)
     };
+    (runtime, dns)
+}
+
+#[test]
+fn dns_answers_decide_who_reaches_port_25() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let (server_v4, server_v6) = (MailLab::SERVER.v4, MailLab::SERVER.v6);
+    let (relay, direct) = (MailLab::RELAY, MailLab::DIRECT);
+
+    let (runtime, mut dns) = dns_in_server(&lab);
     dns.set(
         "relay.mx.test",
         &[&relay.v4.to_string(), &relay.v6.to_string()],
         1,
     );
-    let state_dir =
-        TempDir(std::env::temp_dir().join(format!("mxguard-dns-e2e-{}", std::process::id())));
+    let state_dir = TempDir::new("dns-e2e");
 
     // Empty start: monitor until DNS answers, then drop; only the relay gets through.
     let first_pins = TestPins::new();
@@ -149,22 +146,9 @@ fn dns_answers_decide_who_reaches_port_25() {
 fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (udp, tcp) = lab
-        .server
-        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
-        .expect("entering the server's namespace");
-    let mut dns = {
-        let _inside = runtime.enter();
-        TestDns::serve(udp, tcp)
-    };
+    let (runtime, mut dns) = dns_in_server(&lab);
     dns.set("relay.mx.test", &[&MailLab::RELAY.v4.to_string()], 60);
-    let state_dir =
-        TempDir(std::env::temp_dir().join(format!("mxguard-dns-lost-{}", std::process::id())));
+    let state_dir = TempDir::new("dns-lost");
     let pins = TestPins::new();
     let dns_addr = dns.addr().to_string();
     // Both runs keep their pins: the second must take over the first one's maps.
@@ -226,19 +210,7 @@ fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_o
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);
     let (relay, direct) = (MailLab::RELAY, MailLab::DIRECT);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (udp, tcp) = lab
-        .server
-        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
-        .expect("entering the server's namespace");
-    let dns = {
-        let _inside = runtime.enter();
-        TestDns::serve(udp, tcp)
-    };
+    let (_runtime, dns) = dns_in_server(&lab);
     // The relay's addresses arrive only through an include; the direct sender's too, but
     // outside the --dns-allow-within ranges; the top record tries to open everything.
     dns.set_txt(
@@ -266,8 +238,7 @@ fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_o
         ],
         60,
     );
-    let state_dir =
-        TempDir(std::env::temp_dir().join(format!("mxguard-dns-spf-e2e-{}", std::process::id())));
+    let state_dir = TempDir::new("dns-spf-e2e");
     let pins = TestPins::new();
     let mut command = lab.server.command(mxguard_bin());
     command

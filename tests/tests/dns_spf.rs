@@ -14,6 +14,7 @@ use hickory_proto::rr::RecordType;
 use test_kit::{
     dns_rig::{Rig, XDP_DROP, XDP_PASS, cidrs, engine, names},
     dns_server::{Mode, Protocol, TestDns},
+    temp_dir::TempDir,
 };
 
 fn policy(min_ms: u64, max_ms: u64, grace_ms: u64) -> RefreshPolicy {
@@ -22,6 +23,19 @@ fn policy(min_ms: u64, max_ms: u64, grace_ms: u64) -> RefreshPolicy {
         max_refresh: Duration::from_millis(max_ms),
         stale_grace: Duration::from_millis(grace_ms),
     }
+}
+
+/// A rig whose engine follows the SPF records `spf` alone, asking `server`.
+fn spf_rig(
+    server: std::net::SocketAddr,
+    spf: &[&str],
+    policy: RefreshPolicy,
+    state: Option<&std::path::PathBuf>,
+) -> Rig {
+    Rig::start(
+        engine(server, &[], &[], policy, state.map(|dir| dir.as_path())).with_spf(&names(spf)),
+        false,
+    )
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -38,24 +52,6 @@ fn host(name: &str) -> Source {
 
 fn source_stats(stats: &filter_user::dns::DnsStats, source: &Source) -> SourceStats {
     stats.sources.get(source).cloned().unwrap_or_default()
-}
-
-/// A state directory unique to the test, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("mxguard-spf-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the state dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The records of a service that publishes its ranges the way the big ones do.
@@ -109,16 +105,11 @@ async fn nested_includes_ip6_a_and_mx_terms_expand_into_the_map() {
     let dns = TestDns::start().await;
     publish_netblocks(&dns);
     let state = TempDir::new("nested");
-    let mut rig = Rig::start(
-        engine(
-            dns.addr(),
-            &[],
-            &[],
-            policy(300, 5000, 600_000),
-            Some(&state.0),
-        )
-        .with_spf(&names(&["_netblocks.mx.test"])),
-        false,
+    let mut rig = spf_rig(
+        dns.addr(),
+        &["_netblocks.mx.test"],
+        policy(300, 5000, 600_000),
+        Some(&state.0),
     );
     rig.wait_for("the expanded record", Duration::from_secs(5), |map, _| {
         *map == cidrs(&NETBLOCKS)
@@ -207,10 +198,11 @@ async fn a_txt_answer_over_512_bytes_is_fetched_again_over_tcp() {
     let record = format!("v=spf1 {} -all", terms.join(" "));
     assert!(record.len() > 512, "{} bytes", record.len());
     dns.set_txt("_big.mx.test", &[&record], 60);
-    let mut rig = Rig::start(
-        engine(dns.addr(), &[], &[], policy(1000, 60_000, 600_000), None)
-            .with_spf(&names(&["_big.mx.test"])),
-        false,
+    let mut rig = spf_rig(
+        dns.addr(),
+        &["_big.mx.test"],
+        policy(1000, 60_000, 600_000),
+        None,
     );
     let expected: BTreeSet<Cidr> = (0..40)
         .map(|i| format!("198.51.100.{}", i * 4).parse().unwrap())
@@ -237,10 +229,7 @@ async fn a_txt_answer_over_512_bytes_is_fetched_again_over_tcp() {
 async fn a_broken_record_keeps_the_last_good_set(name: &str, broken: impl Fn(&TestDns)) {
     let dns = TestDns::start().await;
     dns.set_txt(name, &["v=spf1 ip4:192.0.2.77 -all"], 1);
-    let mut rig = Rig::start(
-        engine(dns.addr(), &[], &[], policy(300, 2000, 600_000), None).with_spf(&names(&[name])),
-        false,
-    );
+    let mut rig = spf_rig(dns.addr(), &[name], policy(300, 2000, 600_000), None);
     rig.wait_for("the good record", Duration::from_secs(5), |map, _| {
         *map == cidrs(&["192.0.2.77"])
     })
@@ -313,13 +302,11 @@ async fn all_contributes_nothing_and_plus_all_is_refused_by_the_min_prefix_guard
         &["v=spf1 ip4:192.0.2.3 ip4:192.0.0.0/8 ip6:2001:db8::/16 +all"],
         60,
     );
-    let mut rig = Rig::start(
-        engine(dns.addr(), &[], &[], policy(1000, 60_000, 600_000), None).with_spf(&names(&[
-            "_dash.mx.test",
-            "_tilde.mx.test",
-            "_plus.mx.test",
-        ])),
-        false,
+    let mut rig = spf_rig(
+        dns.addr(),
+        &["_dash.mx.test", "_tilde.mx.test", "_plus.mx.test"],
+        policy(1000, 60_000, 600_000),
+        None,
     );
     rig.wait_for("the three records", Duration::from_secs(5), |map, _| {
         *map == cidrs(&["192.0.2.1", "192.0.2.2", "192.0.2.3"])
@@ -344,10 +331,11 @@ async fn all_contributes_nothing_and_plus_all_is_refused_by_the_min_prefix_guard
 async fn a_failing_include_keeps_its_last_good_prefixes() {
     let dns = TestDns::start().await;
     publish_netblocks(&dns);
-    let mut rig = Rig::start(
-        engine(dns.addr(), &[], &[], policy(300, 2000, 600_000), None)
-            .with_spf(&names(&["_netblocks.mx.test"])),
-        false,
+    let mut rig = spf_rig(
+        dns.addr(),
+        &["_netblocks.mx.test"],
+        policy(300, 2000, 600_000),
+        None,
     );
     rig.wait_for("the expanded record", Duration::from_secs(5), |map, _| {
         *map == cidrs(&NETBLOCKS)
@@ -549,16 +537,11 @@ async fn a_restart_while_dns_is_down_restores_the_spf_prefixes() {
     let mut dns = TestDns::start().await;
     publish_netblocks(&dns);
     {
-        let mut rig = Rig::start(
-            engine(
-                dns.addr(),
-                &[],
-                &[],
-                policy(300, 5000, 600_000),
-                Some(&state.0),
-            )
-            .with_spf(&names(&["_netblocks.mx.test"])),
-            false,
+        let mut rig = spf_rig(
+            dns.addr(),
+            &["_netblocks.mx.test"],
+            policy(300, 5000, 600_000),
+            Some(&state.0),
         );
         rig.wait_for(
             "the expanded record",
@@ -569,10 +552,11 @@ async fn a_restart_while_dns_is_down_restores_the_spf_prefixes() {
     }
     let dead = dns.addr();
     dns.stop().await;
-    let mut rig = Rig::start(
-        engine(dead, &[], &[], policy(300, 5000, 600_000), Some(&state.0))
-            .with_spf(&names(&["_netblocks.mx.test"])),
-        false,
+    let mut rig = spf_rig(
+        dead,
+        &["_netblocks.mx.test"],
+        policy(300, 5000, 600_000),
+        Some(&state.0),
     );
     assert_eq!(
         rig.allowlist(),

@@ -183,34 +183,31 @@ impl<R: Resolve> Walk<'_, R> {
                         sub.push(format!("include:{}", short(target)));
                         self.descend(target, sub, &stack).await?;
                     }
-                    Mechanism::A {
+                    mechanism @ (Mechanism::A {
                         domain: target,
                         v4_len,
                         v6_len,
-                    } => {
-                        self.count_lookup()?;
-                        if !pass {
-                            continue;
-                        }
-                        let target = target.clone().unwrap_or_else(|| domain.clone());
-                        let mut leaf = chain.clone();
-                        leaf.push(format!("a:{}", short(&target)));
-                        self.addresses(&target, *v4_len, *v6_len, &leaf, true)
-                            .await?;
                     }
-                    Mechanism::Mx {
+                    | Mechanism::Mx {
                         domain: target,
                         v4_len,
                         v6_len,
-                    } => {
+                    }) => {
                         self.count_lookup()?;
                         if !pass {
                             continue;
                         }
                         let target = target.clone().unwrap_or_else(|| domain.clone());
+                        let is_mx = matches!(mechanism, Mechanism::Mx { .. });
                         let mut leaf = chain.clone();
-                        leaf.push(format!("mx:{}", short(&target)));
-                        self.mx(&target, *v4_len, *v6_len, &leaf).await?;
+                        let name = if is_mx { "mx" } else { "a" };
+                        leaf.push(format!("{name}:{}", short(&target)));
+                        if is_mx {
+                            self.mx(&target, *v4_len, *v6_len, &leaf).await?;
+                        } else {
+                            self.addresses(&target, *v4_len, *v6_len, &leaf, true)
+                                .await?;
+                        }
                     }
                     Mechanism::Ignored { counts_lookup } => {
                         if *counts_lookup {
