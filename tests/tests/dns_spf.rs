@@ -140,11 +140,18 @@ async fn nested_includes_ip6_a_and_mx_terms_expand_into_the_map() {
         "exists is not queried"
     );
 
-    // Refreshed at the chain's lowest TTL (1 s, _eu2), not the top record's 60 s.
-    rig.wait_for("a second round", Duration::from_secs(5), |_, _| {
+    // Refreshed at the chain's lowest TTL (1 s, _eu2), not the top record's 60 s (which the
+    // max refresh would clamp to 5 s).
+    rig.wait_for("a second round", Duration::from_secs(8), |_, _| {
         dns.seen_for("_netblocks.mx.test").len() >= 2
     })
     .await;
+    let rounds = dns.seen_for("_netblocks.mx.test");
+    let gap = rounds[1].at - rounds[0].at;
+    assert!(
+        gap >= Duration::from_millis(900) && gap < Duration::from_millis(2500),
+        "second round after {gap:?}"
+    );
     let stats = source_stats(&rig.stats, &spf("_netblocks.mx.test"));
     assert_eq!(stats.entries, NETBLOCKS.len() as u64, "{stats:?}");
     assert!(
