@@ -472,9 +472,15 @@ impl RunArgs {
                 bail!("--dns-trust-anchor is only used with --dns-dnssec validate")
             }
             (DnssecArg::Off, None) => Dnssec::Off,
-            (DnssecArg::Validate, anchor) => Dnssec::Validate {
-                trust_anchor: anchor.clone(),
-            },
+            (DnssecArg::Validate, anchor) => {
+                // Read now, so check-config and a reload refuse a bad file.
+                if let Some(path) = anchor {
+                    dns::resolver::read_trust_anchor(path)?;
+                }
+                Dnssec::Validate {
+                    trust_anchor: anchor.clone(),
+                }
+            }
         };
         let timeout = self.dns_timeout.map(|timeout| timeout.0);
         let policy = RefreshPolicy {
@@ -790,6 +796,15 @@ mod tests {
 
     #[test]
     fn spf_and_guard_arguments_become_settings() {
+        let anchor =
+            std::env::temp_dir().join(format!("mxguard-anchor-{}.key", std::process::id()));
+        std::fs::write(
+            &anchor,
+            "; a key-signing key\nmx.test. IN DNSKEY 257 3 13 ShDEK+UmepNBoLJktJjNHy91V3Pf30rbc8TCt/\
+             AoZYZvL6/texnMEYWk HG1Tu8zYPeGqrfIGJxnQFPrhFkYRGA==\n",
+        )
+        .unwrap();
+        let anchor_arg = anchor.to_str().unwrap();
         let plan = run_args(&[
             "--iface",
             "lo",
@@ -808,7 +823,7 @@ mod tests {
             "--dns-dnssec",
             "validate",
             "--dns-trust-anchor",
-            "/etc/mxguard/anchor.key",
+            anchor_arg,
         ])
         .unwrap()
         .plan()
@@ -831,7 +846,7 @@ mod tests {
         assert_eq!(
             dns.dnssec,
             Dnssec::Validate {
-                trust_anchor: Some("/etc/mxguard/anchor.key".into())
+                trust_anchor: Some(anchor.clone())
             }
         );
         let defaults = run_args(&["--iface", "lo", "--allow-host", "relay.test"])
@@ -855,6 +870,14 @@ mod tests {
         assert!(with(&["--dns-min-prefix-v6", "129"]).contains("from 1 to 128"));
         assert!(with(&["--dns-max-prefixes", "0"]).contains("at least 1"));
         assert!(with(&["--dns-trust-anchor", "/x"]).contains("only used with"));
+        let validate = ["--dns-dnssec", "validate", "--dns-trust-anchor"];
+        assert!(
+            with(&[&validate[..], &["/nonexistent/anchor.key"]].concat())
+                .contains("reading the DNSSEC trust anchor /nonexistent/anchor.key")
+        );
+        std::fs::write(&anchor, "; nothing\n").unwrap();
+        assert!(with(&[&validate[..], &[anchor_arg]].concat()).contains("no DNSKEY record"));
+        std::fs::remove_file(&anchor).unwrap();
         assert!(with(&["--dns-dnssec", "maybe"]).contains("invalid value"));
         assert!(with(&["--dns-allow-within", "192.0.2.1/8"]).contains("host bits"));
     }

@@ -179,9 +179,7 @@ impl HickoryResolve {
             options.edns0 = true;
             options.validate = true;
             if let Some(path) = trust_anchor {
-                let anchors = TrustAnchors::from_file(path).with_context(|| {
-                    format!("reading the DNSSEC trust anchor {}", path.display())
-                })?;
+                let anchors = read_trust_anchor(path)?;
                 builder = builder.with_trust_anchor(std::sync::Arc::new(anchors));
             }
         }
@@ -304,6 +302,22 @@ impl Resolve for HickoryResolve {
         })
         .await
     }
+}
+
+/// Reads a `--dns-trust-anchor` file: DNSKEY records in zone-file syntax, at least one.
+pub fn read_trust_anchor(path: &std::path::Path) -> anyhow::Result<TrustAnchors> {
+    let read = || -> anyhow::Result<TrustAnchors> {
+        let text = std::fs::read_to_string(path)?;
+        // An empty anchor would make every answer bogus, silently.
+        if !text
+            .split_ascii_whitespace()
+            .any(|word| word.eq_ignore_ascii_case("DNSKEY"))
+        {
+            anyhow::bail!("no DNSKEY record in it");
+        }
+        Ok(text.parse::<TrustAnchors>()?)
+    };
+    read().with_context(|| format!("reading the DNSSEC trust anchor {}", path.display()))
 }
 
 /// Maps hickory's error for one query to what the state machine needs to know.
