@@ -1,6 +1,8 @@
-//! The DNS task: restores the state file, looks names up when they are due, keeps the union of
-//! all sources, persists what DNS confirmed, and publishes the wanted allowlist; and the
-//! [`Enforcer`], which writes that allowlist into the filter and picks the action.
+//! The DNS task: restores the state file, looks names up and expands SPF records when they are
+//! due, passes every DNS-derived prefix through the guards (in one place, [`DnsEngine`]'s
+//! `screen`), keeps the union of all sources, counts per source, persists what DNS confirmed,
+//! and publishes the wanted allowlist; and the [`Enforcer`], which writes that allowlist into
+//! the filter and picks the action.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
