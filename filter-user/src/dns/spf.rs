@@ -55,9 +55,7 @@ pub enum Mechanism {
     Ip(Cidr),
     /// `ptr`, `exists` and any term with a macro: a real evaluator would query DNS for them,
     /// so they count toward the lookup limit, but they cannot name relay ranges.
-    Ignored {
-        counts_lookup: bool,
-    },
+    Ignored,
 }
 
 /// One mechanism with its qualifier and its text (for logs and origin chains).
@@ -146,19 +144,13 @@ impl Record {
         let has_macro = rest.contains('%');
         let mechanism = match name.as_str() {
             "all" if argument.is_none() => Mechanism::All,
-            "include" | "exists" | "ptr" | "a" | "mx" if has_macro => Mechanism::Ignored {
-                counts_lookup: true,
-            },
+            "include" | "exists" | "ptr" | "a" | "mx" if has_macro => Mechanism::Ignored,
             "include" => Mechanism::Include(domain(target.context("include needs a domain")?)?),
             "exists" => {
                 target.context("exists needs a domain")?;
-                Mechanism::Ignored {
-                    counts_lookup: true,
-                }
+                Mechanism::Ignored
             }
-            "ptr" => Mechanism::Ignored {
-                counts_lookup: true,
-            },
+            "ptr" => Mechanism::Ignored,
             "a" | "mx" => {
                 let (domain_text, lengths) = split_lengths(argument.unwrap_or(""))?;
                 let domain_name = match domain_text {
@@ -184,7 +176,7 @@ impl Record {
             "ip6" => Mechanism::Ip(ip6(target.context("ip6 needs an address")?)?),
             _ => bail!("unknown mechanism"),
         };
-        if matches!(mechanism, Mechanism::Ignored { .. }) {
+        if mechanism == Mechanism::Ignored {
             self.ignored.push(word.to_owned());
         }
         self.terms.push(Term {
@@ -220,7 +212,8 @@ fn split_lengths(argument: &str) -> anyhow::Result<(Option<&str>, (u8, u8))> {
     };
     let length = |text: &str, max: u8| -> anyhow::Result<u8> {
         match text.parse::<u8>() {
-            Ok(len) if len <= max && !text.starts_with('0') || text == "0" => Ok(len),
+            // No sign, no leading zero (RFC 7208 5.6: 1*DIGIT without "0" first, or "0").
+            Ok(len) if len <= max && (text == "0" || !text.starts_with('0')) => Ok(len),
             _ => bail!("bad prefix length {text:?}"),
         }
     };
@@ -357,10 +350,12 @@ mod tests {
                 "-include:%{d}.example.test"
             ]
         );
-        assert!(record.terms.iter().all(|t| t.mechanism
-            == Mechanism::Ignored {
-                counts_lookup: true
-            }));
+        assert!(
+            record
+                .terms
+                .iter()
+                .all(|t| t.mechanism == Mechanism::Ignored)
+        );
     }
 
     #[test]

@@ -209,11 +209,7 @@ impl<R: Resolve> Walk<'_, R> {
                                 .await?;
                         }
                     }
-                    Mechanism::Ignored { counts_lookup } => {
-                        if *counts_lookup {
-                            self.count_lookup()?;
-                        }
-                    }
+                    Mechanism::Ignored => self.count_lookup()?,
                 }
             }
             if let Some(target) = &record.redirect
