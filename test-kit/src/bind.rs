@@ -108,6 +108,11 @@ impl SignedZone {
 
     /// Starts `named` serving `variant` of the zone on a free port of 127.0.0.1.
     pub fn serve(&self, variant: Variant) -> Named {
+        self.serve_in(variant, None)
+    }
+
+    /// As [`SignedZone::serve`], on the loopback of `netns` when given.
+    pub fn serve_in(&self, variant: Variant, netns: Option<&crate::netns::Netns>) -> Named {
         let tag = match variant {
             Variant::Signed => "signed",
             Variant::Tampered { .. } => "tampered",
@@ -127,9 +132,13 @@ impl SignedZone {
         };
         std::fs::write(&zone_file, text).expect("writing the served zone");
         // A port free for UDP and TCP now; named binds it a moment later.
-        let port = {
+        let free_port = || {
             let (udp, _tcp) = crate::dns_server::bind_pair("127.0.0.1".parse().expect("IP"));
             udp.local_addr().expect("UDP address").port()
+        };
+        let port = match netns {
+            Some(netns) => netns.enter(free_port).expect("entering the namespace"),
+            None => free_port(),
         };
         let config = format!(
             "options {{\n  directory \"{dir}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  \
@@ -143,7 +152,10 @@ impl SignedZone {
         );
         let config_path = dir.join("named.conf");
         std::fs::write(&config_path, config).expect("writing named.conf");
-        let mut command = Command::new("named");
+        let mut command = match netns {
+            Some(netns) => netns.command("named"),
+            None => Command::new("named"),
+        };
         command
             .arg("-g")
             .arg("-n")

@@ -9,6 +9,7 @@ use std::{
 };
 
 use test_kit::{
+    bind::{SignedZone, Variant},
     dns_server::{TestDns, bind_pair},
     lab::MailLab,
     netns::{Netns, assert_connects, assert_times_out},
@@ -342,6 +343,71 @@ fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_o
     assert_eq!(
         origin["names"][0]["name"], "spf _netblocks.mx.test → include:_relays.mx.test",
         "{status:#}"
+    );
+    assert!(daemon.stop().success(), "{}", daemon.log_tail());
+}
+
+#[test]
+fn with_dnssec_validation_a_signed_zone_admits_the_relay_and_an_unsigned_one_nothing() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let zone = SignedZone::sign(
+        "mx.test",
+        &format!(
+            "relay IN A {}\nrelay IN AAAA {}\n_spf IN TXT \"v=spf1 a:relay.mx.test -all\"\n",
+            MailLab::RELAY.v4,
+            MailLab::RELAY.v6
+        ),
+    );
+    let start = |named: &test_kit::bind::Named, state_dir: &TempDir, pins: &TestPins| {
+        let mut command = lab.server.command(mxguard_bin());
+        command
+            .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
+            .args(["--allow-spf", "_spf.mx.test", "--dns-dnssec", "validate"])
+            .args(["--dns-trust-anchor", zone.trust_anchor.to_str().unwrap()])
+            .args([
+                "--dns-server",
+                &named.addr.to_string(),
+                "--dns-timeout",
+                "500ms",
+            ])
+            .args(["--state-dir", state_dir.arg(), "--stats-interval", "0"])
+            .args(["--pin-dir", pins.arg(), "--detach-on-exit"])
+            .env("RUST_LOG", "info");
+        Daemon::spawn(command)
+    };
+
+    let signed = zone.serve_in(Variant::Signed, Some(&lab.server));
+    let (state_dir, pins) = (TempDir::new("dnssec-e2e"), TestPins::new());
+    let mut daemon = start(&signed, &state_dir, &pins);
+    daemon.wait_for("enforcing", Duration::from_secs(30), |l| {
+        l.contains("switching from MONITOR to enforcing")
+    });
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &daemon);
+    connects(&lab.relay, addr(MailLab::SERVER.v6, 25), &daemon);
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
+    assert!(
+        !daemon.log().contains("DNSSEC validation failed"),
+        "{}",
+        daemon.log_tail()
+    );
+    assert!(daemon.stop().success(), "{}", daemon.log_tail());
+    drop(signed);
+
+    // The same records unsigned: every answer is a failure; nothing is learnt.
+    let unsigned = zone.serve_in(Variant::Unsigned, Some(&lab.server));
+    let (state_dir, pins) = (TempDir::new("dnssec-e2e-unsigned"), TestPins::new());
+    let mut daemon = start(&unsigned, &state_dir, &pins);
+    daemon.wait_for("a refused host answer", Duration::from_secs(30), |l| {
+        l.contains("DNSSEC validation failed") && l.contains("relay.mx.test")
+    });
+    daemon.wait_for("a refused SPF answer", Duration::from_secs(30), |l| {
+        l.contains("DNSSEC validation failed") && l.contains("_spf.mx.test")
+    });
+    assert!(
+        !daemon.log().contains("switching from MONITOR to enforcing"),
+        "{}",
+        daemon.log_tail()
     );
     assert!(daemon.stop().success(), "{}", daemon.log_tail());
 }
