@@ -1,11 +1,13 @@
-//! Is a source allowlisted? The tries decide; the block bitmaps in front of them answer "no"
-//! for most sources of a spoofed flood without a trie lookup.
+//! Is a source allowlisted? The block bitmaps answer "no" for most sources of a spoofed flood
+//! with one or two array reads. Past them, IPv4 is decided exactly per /24 block (a bitmap of
+//! blocks covered whole, then one hash lookup of the block's address mask), IPv6 by its trie.
 
 use aya_ebpf::maps::{Array, lpm_trie::Key};
 use filter_common::BlockWord;
 
 use crate::maps::{
-    ALLOW_V4, ALLOW_V4_BLOCKS, ALLOW_V4_SUMMARY, ALLOW_V6, ALLOW_V6_BLOCKS, ALLOW_V6_SUMMARY,
+    ALLOW_V4_BLOCK_MASKS, ALLOW_V4_BLOCKS, ALLOW_V4_FULL_BLOCKS, ALLOW_V4_SUMMARY, ALLOW_V6,
+    ALLOW_V6_BLOCKS, ALLOW_V6_SUMMARY,
 };
 
 /// A source address, copied out of the frame: the mapped-address test and the trie key then
@@ -43,8 +45,23 @@ fn ipv4_mapped(address: &[u8; 16]) -> Option<&[u8; 4]> {
 
 #[inline(always)]
 fn allowlisted_v4(address: &[u8; 4]) -> bool {
-    may_be_allowed(&ALLOW_V4_SUMMARY, &ALLOW_V4_BLOCKS, address)
-        && ALLOW_V4.get(Key::new(32, *address)).is_some()
+    let [a, b, c, d] = *address;
+    let slash16 = (u32::from(a) << 8) | u32::from(b);
+    let block = (slash16 << 8) | u32::from(c);
+    if !bit_set(&ALLOW_V4_SUMMARY, slash16) || !bit_set(&ALLOW_V4_BLOCKS, block) {
+        return false;
+    }
+    // Exact from here: a failed read answers "not allowed", as an absent entry does.
+    if matches!(ALLOW_V4_FULL_BLOCKS.get(block >> 6), Some(word) if (word >> (block & 63)) & 1 != 0)
+    {
+        return true;
+    }
+    // SAFETY: the map is BPF_F_NO_PREALLOC, so the value read is never reused while we read it;
+    // userspace replaces a mask whole (a new element), so it is the old or the new one.
+    match unsafe { ALLOW_V4_BLOCK_MASKS.get(block) } {
+        Some(mask) => (mask[usize::from(d >> 6)] >> (d & 63)) & 1 != 0,
+        None => false,
+    }
 }
 
 /// The fast path: false when no allowlisted prefix touches the /16, then the /24, that
