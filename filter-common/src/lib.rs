@@ -32,6 +32,12 @@ pub mod map_names {
     /// IPv4, exact: hash from a /24 block's index (the address's top 24 bits as a `u32`) to a
     /// [`super::BlockMask`], the addresses of that block that prefixes /25 to /32 cover.
     pub const ALLOW_V4_BLOCK_MASKS: &str = "ALLOW_V4_BLOCK_MASKS";
+    /// IPv6 fast path behind `ALLOW_V6_BLOCKS`: one bit per /24 block that a prefix shorter
+    /// than /48 touches (array of [`super::BlockWord`]).
+    pub const ALLOW_V6_SHORT_BLOCKS: &str = "ALLOW_V6_SHORT_BLOCKS";
+    /// IPv6 fast path: a one-hash Bloom filter of the /48s that prefixes of /48 or longer lie
+    /// in, bit [`super::slash48_bit`] (array of [`super::BlockWord`], [`super::SLASH48_WORDS`]).
+    pub const ALLOW_V6_SLASH48: &str = "ALLOW_V6_SLASH48";
     /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
@@ -43,7 +49,7 @@ pub mod map_names {
     /// the tries they are derived from; `Filter` rebuilds them from the tries at every load, so
     /// a pin directory made before they existed is taken over safely (the tries keep every
     /// prefix, so an older program on the same pins still judges right).
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         ALLOW_V4,
         ALLOW_V6,
         PORTS,
@@ -58,6 +64,8 @@ pub mod map_names {
         ALLOW_V6_BLOCKS,
         ALLOW_V4_FULL_BLOCKS,
         ALLOW_V4_BLOCK_MASKS,
+        ALLOW_V6_SHORT_BLOCKS,
+        ALLOW_V6_SLASH48,
     ];
 }
 
@@ -101,6 +109,21 @@ pub const SUMMARY_PREFIX_LEN: u32 = 16;
 
 /// Number of [`BlockWord`]s in each summary bitmap (2^16 / 64 = 1024, 8 KiB).
 pub const SUMMARY_WORDS: u32 = 1 << (SUMMARY_PREFIX_LEN - 6);
+
+/// The IPv6 /48 filter's size: 2^20 bits (128 KiB), so a few tens of thousands of /48s leave
+/// most bits clear.
+pub const SLASH48_BITS_LOG2: u32 = 20;
+
+/// Number of [`BlockWord`]s in the /48 filter.
+pub const SLASH48_WORDS: u32 = 1 << (SLASH48_BITS_LOG2 - 6);
+
+/// The /48 filter's bit for an IPv6 address whose first 48 bits are `top48` (a Fibonacci
+/// hash). One definition for the program and userspace: they must agree bit for bit. A set bit
+/// only means "ask the trie", so collisions cost a lookup, never a verdict.
+#[inline(always)]
+pub const fn slash48_bit(top48: u64) -> u32 {
+    (top48.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLASH48_BITS_LOG2)) as u32
+}
 
 /// Value of `ALLOW_V4_BLOCK_MASKS`: bit `d % 64` of word `d / 64` is set when the address
 /// `a.b.c.d` of the block `a.b.c.0/24` lies in an allowlisted prefix of /25 to /32. Together

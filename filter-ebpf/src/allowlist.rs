@@ -3,11 +3,11 @@
 //! blocks covered whole, then one hash lookup of the block's address mask), IPv6 by its trie.
 
 use aya_ebpf::maps::{Array, lpm_trie::Key};
-use filter_common::BlockWord;
+use filter_common::{BlockWord, slash48_bit};
 
 use crate::maps::{
     ALLOW_V4_BLOCK_MASKS, ALLOW_V4_BLOCKS, ALLOW_V4_FULL_BLOCKS, ALLOW_V4_SUMMARY, ALLOW_V6,
-    ALLOW_V6_BLOCKS, ALLOW_V6_SUMMARY,
+    ALLOW_V6_BLOCKS, ALLOW_V6_SHORT_BLOCKS, ALLOW_V6_SLASH48, ALLOW_V6_SUMMARY,
 };
 
 /// A source address, copied out of the frame: the mapped-address test and the trie key then
@@ -26,10 +26,7 @@ pub fn allowlisted(source: Source) -> bool {
         Source::V6(address) => match ipv4_mapped(&address) {
             // ::ffff:a.b.c.d is an IPv4 host: judge it by the IPv4 list.
             Some(address) => allowlisted_v4(address),
-            None => {
-                may_be_allowed(&ALLOW_V6_SUMMARY, &ALLOW_V6_BLOCKS, &address)
-                    && ALLOW_V6.get(Key::new(128, address)).is_some()
-            }
+            None => allowlisted_v6(&address),
         },
     }
 }
@@ -64,17 +61,28 @@ fn allowlisted_v4(address: &[u8; 4]) -> bool {
     }
 }
 
-/// The fast path: false when no allowlisted prefix touches the /16, then the /24, that
-/// `address` falls in (so the trie cannot match); true means "ask the trie". A miss in an
-/// untouched block (a random spoofed source) costs one read of a bitmap that stays in cache.
+/// The IPv6 fast path, then the trie. False when no allowlisted prefix touches the /16, then the
+/// /24, that `address` falls in: a miss in an untouched block (a random spoofed source) costs
+/// one read of a bitmap that stays in cache. In a touched block with no prefix shorter than
+/// /48, the /48 filter answers most near misses (a source in a relay's /24 but in none of its
+/// /48s) before the trie walk.
 #[inline(always)]
-fn may_be_allowed(summary: &Array<BlockWord>, blocks: &Array<BlockWord>, address: &[u8]) -> bool {
-    let Some(&[a, b, c]) = address.first_chunk::<3>() else {
-        return true;
-    };
+fn allowlisted_v6(address: &[u8; 16]) -> bool {
+    let [a, b, c, d, e, f, ..] = *address;
     // Shifts, not from_be_bytes: LLVM then builds the indexes from the byte loads directly.
     let slash16 = (u32::from(a) << 8) | u32::from(b);
-    bit_set(summary, slash16) && bit_set(blocks, (slash16 << 8) | u32::from(c))
+    let block = (slash16 << 8) | u32::from(c);
+    if !bit_set(&ALLOW_V6_SUMMARY, slash16) || !bit_set(&ALLOW_V6_BLOCKS, block) {
+        return false;
+    }
+    if !bit_set(&ALLOW_V6_SHORT_BLOCKS, block) {
+        let top48 =
+            (u64::from(block) << 24) | (u64::from(d) << 16) | (u64::from(e) << 8) | u64::from(f);
+        if !bit_set(&ALLOW_V6_SLASH48, slash48_bit(top48)) {
+            return false;
+        }
+    }
+    ALLOW_V6.get(Key::new(128, *address)).is_some()
 }
 
 /// Bit `index` of a bitmap. A failed lookup (impossible: indexes are below the map's size)

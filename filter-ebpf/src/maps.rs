@@ -8,7 +8,7 @@ use aya_ebpf::{
 use filter_common::{
     ALLOWLIST_CAPACITY, AllowEntry, BLOCK_WORDS, BlockMask, BlockWord, Config, DROP_SAMPLES_BYTES,
     DROPPED_SOURCES_CAPACITY, DroppedSource, Family, FamilyCounters, PORT_SLOTS, PortFlag,
-    RATE_SLOTS, RateWindow, SUMMARY_WORDS,
+    RATE_SLOTS, RateWindow, SLASH48_WORDS, SUMMARY_WORDS,
 };
 
 /// `BPF_F_MMAPABLE` from the kernel's uapi (not re-exported by aya-ebpf 0.2).
@@ -58,6 +58,16 @@ pub static ALLOW_V6_SUMMARY: Array<BlockWord> =
 /// Fast path: bit set = some IPv6 allowlist prefix touches this /24.
 #[map(name = "ALLOW_V6_BLOCKS")]
 pub static ALLOW_V6_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// IPv6 fast path: bit set = a prefix shorter than /48 touches this /24 block.
+#[map(name = "ALLOW_V6_SHORT_BLOCKS")]
+pub static ALLOW_V6_SHORT_BLOCKS: Array<BlockWord> =
+    Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// IPv6 fast path: bit `slash48_bit` set = some prefix of /48 or longer may lie in this /48.
+#[map(name = "ALLOW_V6_SLASH48")]
+pub static ALLOW_V6_SLASH48: Array<BlockWord> =
+    Array::with_max_entries(SLASH48_WORDS, BPF_F_MMAPABLE);
 
 /// The protected ports: indexed by TCP port, so a SYN costs one array read.
 #[map(name = "PORTS")]

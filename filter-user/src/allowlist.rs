@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, anyhow};
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use filter_common::{
-    AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, SUMMARY_PREFIX_LEN, SUMMARY_WORDS, map_names,
+    AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, SLASH48_WORDS, SUMMARY_PREFIX_LEN, SUMMARY_WORDS,
+    map_names,
 };
 
 use crate::{
@@ -135,6 +136,14 @@ impl Allowlist {
                 BLOCK_WORDS,
             ),
             (
+                Fam::V6,
+                map_names::ALLOW_V6_SHORT_BLOCKS,
+                BLOCK_PREFIX_LEN,
+                47,
+                true,
+                BLOCK_WORDS,
+            ),
+            (
                 Fam::V4,
                 map_names::ALLOW_V4_FULL_BLOCKS,
                 BLOCK_PREFIX_LEN,
@@ -143,12 +152,7 @@ impl Allowlist {
                 BLOCK_WORDS,
             ),
         ] {
-            // The mapping keeps the map alive after its fd is closed here.
-            let map = match source.open(name)? {
-                Map::Array(data) => MappedBitmap::new(data.fd(), words)
-                    .with_context(|| format!("mapping {name}"))?,
-                _ => return Err(anyhow!("map {name} is not an array")),
-            };
+            let map = map_bitmap(source, name, words)?;
             levels.push(LevelMap {
                 fam,
                 name,
@@ -158,9 +162,10 @@ impl Allowlist {
                 map,
             });
         }
+        let slash48 = map_bitmap(source, map_names::ALLOW_V6_SLASH48, SLASH48_WORDS)?;
         let mut allowlist = Allowlist {
             tries,
-            fast_path: FastPath::new(levels),
+            fast_path: FastPath::new(levels, slash48),
             masks: BlockMasks::open(source)?,
         };
         let prefixes = allowlist.block_keys()?;
@@ -275,6 +280,17 @@ fn block_key(cidr: &Cidr) -> (Fam, u128, u8) {
                 .unwrap_or(0);
             (Fam::V6, addr.to_bits() & mask, prefix_len)
         }
+    }
+}
+
+/// Maps the bitmap array `name` of `words` words into this process. The mapping keeps the map
+/// alive after its fd is closed.
+fn map_bitmap(source: &mut MapSource, name: &str, words: u32) -> anyhow::Result<MappedBitmap> {
+    match source.open(name)? {
+        Map::Array(data) => {
+            MappedBitmap::new(data.fd(), words).with_context(|| format!("mapping {name}"))
+        }
+        _ => Err(anyhow!("map {name} is not an array")),
     }
 }
 

@@ -10,13 +10,13 @@
 //! whole (for such prefixes "touches" is "covers").
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, AsRawFd as _},
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::Context as _;
-use filter_common::BlockWord;
+use filter_common::{BlockWord, SLASH48_WORDS, slash48_bit};
 
 /// The prefixes of one address family and the bitmap of blocks (of `block_len` bits: 16 for
 /// the summary level, 24 for the block level) they imply.
@@ -284,6 +284,7 @@ impl Level {
 /// implies: [`FastPath::insert`] before a trie insert, [`FastPath::remove`] after a removal.
 pub struct FastPath {
     levels: Vec<Level>,
+    slash48: Slash48Filter,
     enabled: bool,
 }
 
@@ -291,7 +292,7 @@ impl FastPath {
     /// Wraps the kernel bitmaps. Levels are written in the order given: filters first, so a
     /// new prefix's exact bits are never set while a filter still hides them (harmless either
     /// way: it only delays the new prefix by a store).
-    pub fn new(maps: Vec<LevelMap>) -> Self {
+    pub fn new(maps: Vec<LevelMap>, slash48: MappedBitmap) -> Self {
         let levels = maps
             .into_iter()
             .map(|level| Level {
@@ -311,6 +312,11 @@ impl FastPath {
             .collect();
         FastPath {
             levels,
+            slash48: Slash48Filter {
+                prefixes: BTreeSet::new(),
+                counts: BTreeMap::new(),
+                map: slash48,
+            },
             enabled: true,
         }
     }
@@ -330,6 +336,7 @@ impl FastPath {
                 level.store(word, self.enabled);
             }
         }
+        self.slash48.rebuild(prefixes, self.enabled);
     }
 
     /// Sets the bits of every block `addr/len` touches, in every level of `fam`.
@@ -340,6 +347,9 @@ impl FastPath {
                 level.store(word, enabled);
             }
         }
+        if Slash48Filter::takes(fam, len) {
+            self.slash48.insert(addr, len, enabled);
+        }
     }
 
     /// Clears the bits of blocks that only `addr/len` touched, in every level of `fam`.
@@ -349,6 +359,9 @@ impl FastPath {
             for word in level.index.remove(addr, len) {
                 level.store(word, enabled);
             }
+        }
+        if Slash48Filter::takes(fam, len) {
+            self.slash48.remove(addr, len, enabled);
         }
     }
 
@@ -361,6 +374,7 @@ impl FastPath {
                 level.store(word, enabled);
             }
         }
+        self.slash48.store_all(enabled);
     }
 
     /// Checks the kernel bitmaps against `prefixes` (the tries' contents).
@@ -385,6 +399,100 @@ impl FastPath {
                         level.name
                     );
                 }
+            }
+        }
+        self.slash48.verify(prefixes, self.enabled)
+    }
+}
+
+/// The IPv6 /48 filter (`ALLOW_V6_SLASH48`): bit [`slash48_bit`] of the /48 each prefix of /48
+/// or longer lies in, counted, so a bit is cleared when the last prefix behind it goes.
+struct Slash48Filter {
+    prefixes: BTreeSet<(u128, u8)>,
+    /// Prefixes behind each set bit.
+    counts: BTreeMap<u32, u32>,
+    map: MappedBitmap,
+}
+
+impl Slash48Filter {
+    /// Prefixes shorter than /48 span many /48s: the short-block level stands for them.
+    fn takes(fam: Fam, len: u8) -> bool {
+        fam == Fam::V6 && len >= 48
+    }
+
+    fn bit(addr: u128) -> u32 {
+        slash48_bit((addr >> 80) as u64)
+    }
+
+    fn word_of(&self, word: u32) -> BlockWord {
+        let first = word * 64;
+        self.counts
+            .range(first..first + 64)
+            .fold(0, |bits, (bit, _)| bits | 1 << (bit - first))
+    }
+
+    fn store(&self, word: u32, enabled: bool) {
+        let value = if enabled {
+            self.word_of(word)
+        } else {
+            BlockWord::MAX
+        };
+        self.map.store(word, value);
+    }
+
+    fn store_all(&self, enabled: bool) {
+        for word in 0..SLASH48_WORDS {
+            self.store(word, enabled);
+        }
+    }
+
+    fn insert(&mut self, addr: u128, len: u8, enabled: bool) {
+        if self.prefixes.insert((addr, len)) {
+            let bit = Self::bit(addr);
+            *self.counts.entry(bit).or_default() += 1;
+            self.store(bit / 64, enabled);
+        }
+    }
+
+    fn remove(&mut self, addr: u128, len: u8, enabled: bool) {
+        if self.prefixes.remove(&(addr, len)) {
+            let bit = Self::bit(addr);
+            if let Some(count) = self.counts.get_mut(&bit) {
+                *count -= 1;
+                if *count == 0 {
+                    self.counts.remove(&bit);
+                }
+            }
+            self.store(bit / 64, enabled);
+        }
+    }
+
+    fn rebuild(&mut self, prefixes: &[(Fam, u128, u8)], enabled: bool) {
+        self.prefixes.clear();
+        self.counts.clear();
+        for &(fam, addr, len) in prefixes {
+            if Self::takes(fam, len) && self.prefixes.insert((addr, len)) {
+                *self.counts.entry(Self::bit(addr)).or_default() += 1;
+            }
+        }
+        self.store_all(enabled);
+    }
+
+    fn verify(&self, prefixes: &[(Fam, u128, u8)], enabled: bool) -> anyhow::Result<()> {
+        let mut expected = vec![0 as BlockWord; SLASH48_WORDS as usize];
+        for &(fam, addr, len) in prefixes {
+            if Self::takes(fam, len) {
+                let bit = Self::bit(addr);
+                expected[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        for (index, want) in expected.into_iter().enumerate() {
+            let want = if enabled { want } else { BlockWord::MAX };
+            let got = self.map.load(index as u32);
+            if got != want {
+                anyhow::bail!(
+                    "ALLOW_V6_SLASH48[{index}] is {got:#x}, the allowlist implies {want:#x}"
+                );
             }
         }
         Ok(())

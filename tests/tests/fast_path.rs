@@ -278,6 +278,53 @@ fn a_block_with_a_host_a_long_prefix_and_a_covering_prefix() {
 }
 
 #[test]
+fn ipv6_near_misses_by_slash48_and_blocks_with_shorter_prefixes() {
+    // 2001:db8::/24's block (2001:0d) holds a /48, a /64 and a host: the /48 filter answers for
+    // the rest of the block; 2001:db9::/40 is shorter than /48, so its block goes to the trie.
+    let mut harness = Harness::new(
+        &[25],
+        &[
+            "2001:db8:1::/48",
+            "2001:db8:3:10::/64",
+            "2001:db8:2::25/128",
+            "2a00:1450::/40",
+            "2a00:1450:ff00::7/128",
+        ],
+    );
+    let cases = [
+        ("2001:db8:1::1", XDP_PASS),
+        ("2001:db8:1:ffff:ffff:ffff:ffff:ffff", XDP_PASS),
+        ("2001:db8:0:ffff:ffff:ffff:ffff:ffff", XDP_DROP),
+        ("2001:db8:bad::66", XDP_DROP),
+        ("2001:db8:3:10::1", XDP_PASS),
+        ("2001:db8:3:11::1", XDP_DROP),
+        ("2001:db8:2::25", XDP_PASS),
+        ("2001:db8:2::24", XDP_DROP),
+        ("2a00:1450:0:1::1", XDP_PASS),
+        ("2a00:1450:ff:ffff::1", XDP_PASS),
+        ("2a00:1450:100::1", XDP_DROP),
+        ("2a00:1450:ff00::7", XDP_PASS),
+        ("2a00:1450:ff00::8", XDP_DROP),
+    ];
+    expect(&mut harness, &cases);
+    // The last prefixes behind a /48 bit and behind the short block go: bits cleared, the
+    // others keep their verdicts.
+    for gone in ["2001:db8:2::25/128", "2a00:1450::/40"] {
+        harness.filter.allowlist.disallow(&cidr(gone)).unwrap();
+    }
+    expect(
+        &mut harness,
+        &[
+            ("2001:db8:1::1", XDP_PASS),
+            ("2001:db8:2::25", XDP_DROP),
+            ("2001:db8:3:10::1", XDP_PASS),
+            ("2a00:1450:0:1::1", XDP_DROP),
+            ("2a00:1450:ff00::7", XDP_PASS),
+        ],
+    );
+}
+
+#[test]
 fn a_prefix_on_a_word_boundary_of_the_bitmap() {
     // Block 0xc63fff (198.63.255.0/24) is the last bit of a bitmap word and 0xc64000
     // (198.64.0.0/24) the first bit of the next; the /17 ends exactly at that boundary.
