@@ -28,16 +28,16 @@ pub mod map_names {
     pub const ALLOW_V6_SUMMARY: &str = "ALLOW_V6_SUMMARY";
     /// IPv4, exact: one bit per /24 block that a prefix of length 24 or less covers whole
     /// (array of [`super::BlockWord`], like `ALLOW_V4_BLOCKS`).
-    pub const ALLOW_V4_FULL_BLOCKS: &str = "ALLOW_V4_FULL_BLOCKS";
+    pub const ALLOW_V4_FULL: &str = "ALLOW_V4_FULL";
     /// IPv4, exact: hash from a /24 block's index (the address's top 24 bits as a `u32`) to a
     /// [`super::BlockMask`], the addresses of that block that prefixes /25 to /32 cover.
-    pub const ALLOW_V4_BLOCK_MASKS: &str = "ALLOW_V4_BLOCK_MASKS";
+    pub const ALLOW_V4_MASKS: &str = "ALLOW_V4_MASKS";
     /// IPv6 fast path behind `ALLOW_V6_BLOCKS`: one bit per /24 block that a prefix shorter
     /// than /48 touches (array of [`super::BlockWord`]).
-    pub const ALLOW_V6_SHORT_BLOCKS: &str = "ALLOW_V6_SHORT_BLOCKS";
+    pub const ALLOW_V6_SHORT: &str = "ALLOW_V6_SHORT";
     /// IPv6 fast path: a one-hash Bloom filter of the /48s that prefixes of /48 or longer lie
     /// in, bit [`super::slash48_bit`] (array of [`super::BlockWord`], [`super::SLASH48_WORDS`]).
-    pub const ALLOW_V6_SLASH48: &str = "ALLOW_V6_SLASH48";
+    pub const ALLOW_V6_48: &str = "ALLOW_V6_48";
     /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
@@ -48,7 +48,8 @@ pub mod map_names {
     /// Every map, for pinning. The fast-path bitmaps and the IPv4 block maps are pinned with
     /// the tries they are derived from; `Filter` rebuilds them from the tries at every load, so
     /// a pin directory made before they existed is taken over safely (the tries keep every
-    /// prefix, so an older program on the same pins still judges right).
+    /// prefix, so an older program on the same pins still judges right). New names are at most
+    /// 15 bytes, so the kernel's copy (map info, `bpftool map`) keeps them whole.
     pub const ALL: [&str; 16] = [
         ALLOW_V4,
         ALLOW_V6,
@@ -62,10 +63,10 @@ pub mod map_names {
         ALLOW_V4_BLOCKS,
         ALLOW_V6_SUMMARY,
         ALLOW_V6_BLOCKS,
-        ALLOW_V4_FULL_BLOCKS,
-        ALLOW_V4_BLOCK_MASKS,
-        ALLOW_V6_SHORT_BLOCKS,
-        ALLOW_V6_SLASH48,
+        ALLOW_V4_FULL,
+        ALLOW_V4_MASKS,
+        ALLOW_V6_SHORT,
+        ALLOW_V6_48,
     ];
 }
 
@@ -125,9 +126,9 @@ pub const fn slash48_bit(top48: u64) -> u32 {
     (top48.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLASH48_BITS_LOG2)) as u32
 }
 
-/// Value of `ALLOW_V4_BLOCK_MASKS`: bit `d % 64` of word `d / 64` is set when the address
+/// Value of `ALLOW_V4_MASKS`: bit `d % 64` of word `d / 64` is set when the address
 /// `a.b.c.d` of the block `a.b.c.0/24` lies in an allowlisted prefix of /25 to /32. Together
-/// with `ALLOW_V4_FULL_BLOCKS` (prefixes up to /24) it answers for every IPv4 address exactly,
+/// with `ALLOW_V4_FULL` (prefixes up to /24) it answers for every IPv4 address exactly,
 /// with one hash lookup instead of an LPM trie walk: most entries are hosts from DNS.
 pub type BlockMask = [u64; 4];
 

@@ -1,13 +1,14 @@
 //! Is a source allowlisted? The block bitmaps answer "no" for most sources of a spoofed flood
 //! with one or two array reads. Past them, IPv4 is decided exactly per /24 block (a bitmap of
-//! blocks covered whole, then one hash lookup of the block's address mask), IPv6 by its trie.
+//! blocks covered whole, then one hash lookup of the block's address mask); IPv6 by its trie,
+//! behind a hashed /48 filter in blocks without prefixes shorter than /48.
 
 use aya_ebpf::maps::{Array, lpm_trie::Key};
 use filter_common::{BlockWord, slash48_bit};
 
 use crate::maps::{
-    ALLOW_V4_BLOCK_MASKS, ALLOW_V4_BLOCKS, ALLOW_V4_FULL_BLOCKS, ALLOW_V4_SUMMARY, ALLOW_V6,
-    ALLOW_V6_BLOCKS, ALLOW_V6_SHORT_BLOCKS, ALLOW_V6_SLASH48, ALLOW_V6_SUMMARY,
+    ALLOW_V4_BLOCKS, ALLOW_V4_FULL, ALLOW_V4_MASKS, ALLOW_V4_SUMMARY, ALLOW_V6, ALLOW_V6_48,
+    ALLOW_V6_BLOCKS, ALLOW_V6_SHORT, ALLOW_V6_SUMMARY,
 };
 
 /// A source address, copied out of the frame: the mapped-address test and the trie key then
@@ -21,6 +22,9 @@ pub enum Source {
 
 #[inline(always)]
 pub fn allowlisted(source: Source) -> bool {
+    if cfg!(feature = "off-allowlist") {
+        return false;
+    }
     match source {
         Source::V4(address) => allowlisted_v4(&address),
         Source::V6(address) => match ipv4_mapped(&address) {
@@ -49,13 +53,12 @@ fn allowlisted_v4(address: &[u8; 4]) -> bool {
         return false;
     }
     // Exact from here: a failed read answers "not allowed", as an absent entry does.
-    if matches!(ALLOW_V4_FULL_BLOCKS.get(block >> 6), Some(word) if (word >> (block & 63)) & 1 != 0)
-    {
+    if matches!(ALLOW_V4_FULL.get(block >> 6), Some(word) if (word >> (block & 63)) & 1 != 0) {
         return true;
     }
     // SAFETY: the map is BPF_F_NO_PREALLOC, so the value read is never reused while we read it;
     // userspace replaces a mask whole (a new element), so it is the old or the new one.
-    match unsafe { ALLOW_V4_BLOCK_MASKS.get(block) } {
+    match unsafe { ALLOW_V4_MASKS.get(block) } {
         Some(mask) => (mask[usize::from(d >> 6)] >> (d & 63)) & 1 != 0,
         None => false,
     }
@@ -75,10 +78,10 @@ fn allowlisted_v6(address: &[u8; 16]) -> bool {
     if !bit_set(&ALLOW_V6_SUMMARY, slash16) || !bit_set(&ALLOW_V6_BLOCKS, block) {
         return false;
     }
-    if !bit_set(&ALLOW_V6_SHORT_BLOCKS, block) {
+    if !bit_set(&ALLOW_V6_SHORT, block) {
         let top48 =
             (u64::from(block) << 24) | (u64::from(d) << 16) | (u64::from(e) << 8) | u64::from(f);
-        if !bit_set(&ALLOW_V6_SLASH48, slash48_bit(top48)) {
+        if !bit_set(&ALLOW_V6_48, slash48_bit(top48)) {
             return false;
         }
     }

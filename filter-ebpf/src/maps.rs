@@ -19,7 +19,7 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Allowed IPv4 source prefixes: the record userspace keeps (and `status` reads). The program
-/// judges IPv4 by `ALLOW_V4_FULL_BLOCKS` and `ALLOW_V4_BLOCK_MASKS`, derived from it.
+/// judges IPv4 by `ALLOW_V4_FULL` and `ALLOW_V4_MASKS`, derived from it.
 #[map(name = "ALLOW_V4")]
 pub static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> =
     LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
@@ -40,14 +40,13 @@ pub static ALLOW_V4_SUMMARY: Array<BlockWord> =
 pub static ALLOW_V4_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
 /// IPv4, exact: bit set = a prefix of length 24 or less covers this /24 block whole.
-#[map(name = "ALLOW_V4_FULL_BLOCKS")]
-pub static ALLOW_V4_FULL_BLOCKS: Array<BlockWord> =
-    Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+#[map(name = "ALLOW_V4_FULL")]
+pub static ALLOW_V4_FULL: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
 /// IPv4, exact: the addresses of a /24 block (keyed by its index) that prefixes /25 to /32
 /// cover. Most allowlist entries are hosts; one hash lookup replaces an LPM trie walk.
-#[map(name = "ALLOW_V4_BLOCK_MASKS")]
-pub static ALLOW_V4_BLOCK_MASKS: HashMap<u32, BlockMask> =
+#[map(name = "ALLOW_V4_MASKS")]
+pub static ALLOW_V4_MASKS: HashMap<u32, BlockMask> =
     HashMap::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Fast path, first level: bit set = some IPv6 allowlist prefix touches this /16.
@@ -60,14 +59,12 @@ pub static ALLOW_V6_SUMMARY: Array<BlockWord> =
 pub static ALLOW_V6_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
 /// IPv6 fast path: bit set = a prefix shorter than /48 touches this /24 block.
-#[map(name = "ALLOW_V6_SHORT_BLOCKS")]
-pub static ALLOW_V6_SHORT_BLOCKS: Array<BlockWord> =
-    Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+#[map(name = "ALLOW_V6_SHORT")]
+pub static ALLOW_V6_SHORT: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
 /// IPv6 fast path: bit `slash48_bit` set = some prefix of /48 or longer may lie in this /48.
-#[map(name = "ALLOW_V6_SLASH48")]
-pub static ALLOW_V6_SLASH48: Array<BlockWord> =
-    Array::with_max_entries(SLASH48_WORDS, BPF_F_MMAPABLE);
+#[map(name = "ALLOW_V6_48")]
+pub static ALLOW_V6_48: Array<BlockWord> = Array::with_max_entries(SLASH48_WORDS, BPF_F_MMAPABLE);
 
 /// The protected ports: indexed by TCP port, so a SYN costs one array read.
 #[map(name = "PORTS")]

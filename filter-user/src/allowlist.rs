@@ -137,7 +137,7 @@ impl Allowlist {
             ),
             (
                 Fam::V6,
-                map_names::ALLOW_V6_SHORT_BLOCKS,
+                map_names::ALLOW_V6_SHORT,
                 BLOCK_PREFIX_LEN,
                 47,
                 true,
@@ -145,7 +145,7 @@ impl Allowlist {
             ),
             (
                 Fam::V4,
-                map_names::ALLOW_V4_FULL_BLOCKS,
+                map_names::ALLOW_V4_FULL,
                 BLOCK_PREFIX_LEN,
                 block_masks::BLOCK_LEN,
                 false,
@@ -162,7 +162,7 @@ impl Allowlist {
                 map,
             });
         }
-        let slash48 = map_bitmap(source, map_names::ALLOW_V6_SLASH48, SLASH48_WORDS)?;
+        let slash48 = map_bitmap(source, map_names::ALLOW_V6_48, SLASH48_WORDS)?;
         let mut allowlist = Allowlist {
             tries,
             fast_path: FastPath::new(levels, slash48),

@@ -1,4 +1,4 @@
-//! The IPv4 block masks (`ALLOW_V4_BLOCK_MASKS`): for each /24 block that allowlisted prefixes
+//! The IPv4 block masks (`ALLOW_V4_MASKS`): for each /24 block that allowlisted prefixes
 //! of /25 to /32 touch, the 256-bit mask of the addresses they cover. With the bitmap of blocks
 //! covered whole (prefixes up to /24, kept by `fast_path`) the program decides any IPv4 source
 //! with one hash lookup instead of an LPM trie walk. Derived from the IPv4 trie, like the
@@ -54,7 +54,7 @@ impl BlockMasks {
     pub fn open(source: &mut MapSource) -> anyhow::Result<Self> {
         Ok(BlockMasks {
             prefixes: BTreeSet::new(),
-            map: source.typed(filter_common::map_names::ALLOW_V4_BLOCK_MASKS)?,
+            map: source.typed(filter_common::map_names::ALLOW_V4_MASKS)?,
         })
     }
 
@@ -128,7 +128,7 @@ impl BlockMasks {
         self.map
             .keys()
             .collect::<Result<_, _>>()
-            .context("reading ALLOW_V4_BLOCK_MASKS")
+            .context("reading ALLOW_V4_MASKS")
     }
 
     /// Checks the kernel map against `prefixes` (the IPv4 trie's contents). For tests.
@@ -153,7 +153,7 @@ impl BlockMasks {
                 .filter(|block| wanted.get(block) != got.get(block))
                 .map(|block| block_label(*block))
                 .collect();
-            anyhow::bail!("ALLOW_V4_BLOCK_MASKS differs from the allowlist in {differing:?}");
+            anyhow::bail!("ALLOW_V4_MASKS differs from the allowlist in {differing:?}");
         }
         Ok(())
     }

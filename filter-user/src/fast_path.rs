@@ -6,7 +6,7 @@
 //! allowlisted prefix touches block `b` (contains it, or lies inside it). [`BlockIndex`] keeps
 //! the prefixes and one bitmap and says which words changed; [`FastPath`] holds the levels
 //! and writes only changed words into the kernel's maps, which are mmapped. The same machinery
-//! keeps `ALLOW_V4_FULL_BLOCKS`, the exact bitmap of /24 blocks that prefixes up to /24 cover
+//! keeps `ALLOW_V4_FULL`, the exact bitmap of /24 blocks that prefixes up to /24 cover
 //! whole (for such prefixes "touches" is "covers").
 
 use std::{
@@ -254,7 +254,7 @@ pub struct LevelMap {
     pub name: &'static str,
     /// Block length in bits (16 for a summary, 24 for blocks).
     pub block_len: u32,
-    /// Only prefixes this long or shorter go in (`ALLOW_V4_FULL_BLOCKS` takes prefixes up to
+    /// Only prefixes this long or shorter go in (`ALLOW_V4_FULL` takes prefixes up to
     /// /24, which cover their blocks whole); the filters take every prefix.
     pub longest: u8,
     /// A filter only says "maybe" (all ones while the fast path is off); an exact level is an
@@ -405,7 +405,7 @@ impl FastPath {
     }
 }
 
-/// The IPv6 /48 filter (`ALLOW_V6_SLASH48`): bit [`slash48_bit`] of the /48 each prefix of /48
+/// The IPv6 /48 filter (`ALLOW_V6_48`): bit [`slash48_bit`] of the /48 each prefix of /48
 /// or longer lies in, counted, so a bit is cleared when the last prefix behind it goes.
 struct Slash48Filter {
     prefixes: BTreeSet<(u128, u8)>,
@@ -490,9 +490,7 @@ impl Slash48Filter {
             let want = if enabled { want } else { BlockWord::MAX };
             let got = self.map.load(index as u32);
             if got != want {
-                anyhow::bail!(
-                    "ALLOW_V6_SLASH48[{index}] is {got:#x}, the allowlist implies {want:#x}"
-                );
+                anyhow::bail!("ALLOW_V6_48[{index}] is {got:#x}, the allowlist implies {want:#x}");
             }
         }
         Ok(())
