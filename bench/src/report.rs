@@ -474,4 +474,36 @@ pub fn markdown(report: &Report) -> String {
 
 /// Where the nanoseconds go: measured once with filter-ebpf's `off-*` features (one stage
 /// compiled out per variant), not by every run.
-const STAGES: &str = "";
+const STAGES: &str = "\
+### Where the nanoseconds go
+
+Measured once (2026-12-02, `MXGUARD_EBPF_FEATURES=<feature> cargo build -p bench`, then \
+`mxguard-bench --no-flood` per variant, variants run one after another on a machine shared with \
+other builds, load average 6 to 15), not by every run: each variant of filter-ebpf compiles one \
+stage out. ns added over the empty program, mxguard with 1,000 prefixes, median of 5 \
+repetitions; instructions are those of the translated program (`bpftool prog dump xlated`, \
+map lookups inlined). This VM exposes no PMU (`perf` reports `instructions` as not \
+supported), so per-class path lengths in instructions could not be counted; the variants price \
+the stages instead.
+
+| variant | BPF instructions | flood-v4 | flood-v4-near | worst-case |
+|---|---:|---:|---:|---:|
+| before this change (LPM trie behind the bitmaps) | – | +9.9 ns | +74.5 ns | +63.2 ns |
+| full program | 3256 | +9.7 ns | +19.7 ns | +25.2 ns |
+| `off-action` (no config read, no reject branch) | 2441 | +6.7 ns | +16.3 ns | +23.8 ns |
+| `off-allowlist` (every source denied) | 1626 | +6.6 ns | +7.0 ns | +19.2 ns |
+| `off-sample` (no drop sampling) | 3120 | not settled (+33.1, +9.2) | +18.7 ns | +24.4 ns |
+| `off-count` (no counters) | 3446 | not measured | not measured | not measured |
+
+`off-count` ran twice while the empty program's own floor had risen from 6 to 50 ns (other \
+work on the machine), so its figures say nothing; `off-sample` on flood-v4 disagreed between \
+its two runs. Savings do not add up: with a stage gone LLVM lays the rest out anew. Read: on a \
+random flood what remains without the allowlist (parse, port check, action, sampling gate, \
+counting) is about 6.5 ns over the floor, the /16 bitmap read about 3 ns, and the action \
+(config read and the reject branch's register pressure) about 3 ns; on flood-v4-near the IPv4 block structures cost about 13 ns where the \
+trie walk cost 60 (1,000 prefixes) to 120 (100,000); on the worst case the 802.1ad/802.1Q and \
+eight-header walk is most of it and the /48 filter replaces a trie walk that grew with the \
+list. Next cut, not made here: the action in the port array's value (one map read for port \
+and action), which needs a pin layout change.
+
+";
