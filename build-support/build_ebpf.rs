@@ -36,10 +36,27 @@ fn build_ebpf_package(package: &str) -> anyhow::Result<()> {
         workspace.join("filter-common").display()
     );
 
+    // Measurement variants only (filter-ebpf's `off-*` features, docs/benchmarks.md).
+    println!("cargo:rerun-if-env-changed=MXGUARD_EBPF_FEATURES");
+    let features = env::var("MXGUARD_EBPF_FEATURES").unwrap_or_default();
+    let features: Vec<&str> = if package == "filter-ebpf" {
+        features.split(',').filter(|f| !f.is_empty()).collect()
+    } else {
+        Vec::new()
+    };
+    if !features.is_empty() {
+        println!("cargo:warning=building {package} with measurement features {features:?}");
+    }
+
     let ebpf_dir = workspace.join(package);
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 workspace path")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: package, root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: package,
+            root_dir: ebpf_dir,
+            features: &features,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -26,6 +26,18 @@ pub mod map_names {
     pub const ALLOW_V4_SUMMARY: &str = "ALLOW_V4_SUMMARY";
     /// First level of the IPv6 fast path: one bit per /16 of IPv6 space.
     pub const ALLOW_V6_SUMMARY: &str = "ALLOW_V6_SUMMARY";
+    /// IPv4, exact: one bit per /24 block that a prefix of length 24 or less covers whole
+    /// (array of [`super::BlockWord`], like `ALLOW_V4_BLOCKS`).
+    pub const ALLOW_V4_FULL: &str = "ALLOW_V4_FULL";
+    /// IPv4, exact: hash from a /24 block's index (the address's top 24 bits as a `u32`) to a
+    /// [`super::BlockMask`], the addresses of that block that prefixes /25 to /32 cover.
+    pub const ALLOW_V4_MASKS: &str = "ALLOW_V4_MASKS";
+    /// IPv6 fast path behind `ALLOW_V6_BLOCKS`: one bit per /24 block that a prefix shorter
+    /// than /48 touches (array of [`super::BlockWord`]).
+    pub const ALLOW_V6_SHORT: &str = "ALLOW_V6_SHORT";
+    /// IPv6 fast path: a one-hash Bloom filter of the /48s that prefixes of /48 or longer lie
+    /// in, bit [`super::slash48_bit`] (array of [`super::BlockWord`], [`super::SLASH48_WORDS`]).
+    pub const ALLOW_V6_48: &str = "ALLOW_V6_48";
     /// Per-CPU array of [`super::RateWindow`]: RST and drop-sample rate limits.
     pub const RATE_WINDOWS: &str = "RATE_WINDOWS";
     /// Ring buffer of [`super::DropSample`]s, a rate-limited sample of denied sources.
@@ -33,10 +45,12 @@ pub mod map_names {
     /// LRU hash, written by the daemon only: source address (IPv6 or IPv4-mapped) to
     /// [`super::DroppedSource`]. It outlives the daemon, so `status` can show top sources.
     pub const DROPPED_SOURCES: &str = "DROPPED_SOURCES";
-    /// Every map, for pinning. The fast-path bitmaps are pinned with the tries they mirror;
-    /// `Filter` rebuilds them from the tries at every load, so a pin directory made before
-    /// they existed is taken over safely.
-    pub const ALL: [&str; 12] = [
+    /// Every map, for pinning. The fast-path bitmaps and the IPv4 block maps are pinned with
+    /// the tries they are derived from; `Filter` rebuilds them from the tries at every load, so
+    /// a pin directory made before they existed is taken over safely (the tries keep every
+    /// prefix, so an older program on the same pins still judges right). New names are at most
+    /// 15 bytes, so the kernel's copy (map info, `bpftool map`) keeps them whole.
+    pub const ALL: [&str; 16] = [
         ALLOW_V4,
         ALLOW_V6,
         PORTS,
@@ -49,6 +63,10 @@ pub mod map_names {
         ALLOW_V4_BLOCKS,
         ALLOW_V6_SUMMARY,
         ALLOW_V6_BLOCKS,
+        ALLOW_V4_FULL,
+        ALLOW_V4_MASKS,
+        ALLOW_V6_SHORT,
+        ALLOW_V6_48,
     ];
 }
 
@@ -92,6 +110,27 @@ pub const SUMMARY_PREFIX_LEN: u32 = 16;
 
 /// Number of [`BlockWord`]s in each summary bitmap (2^16 / 64 = 1024, 8 KiB).
 pub const SUMMARY_WORDS: u32 = 1 << (SUMMARY_PREFIX_LEN - 6);
+
+/// The IPv6 /48 filter's size: 2^20 bits (128 KiB), so a few tens of thousands of /48s leave
+/// most bits clear.
+pub const SLASH48_BITS_LOG2: u32 = 20;
+
+/// Number of [`BlockWord`]s in the /48 filter.
+pub const SLASH48_WORDS: u32 = 1 << (SLASH48_BITS_LOG2 - 6);
+
+/// The /48 filter's bit for an IPv6 address whose first 48 bits are `top48` (a Fibonacci
+/// hash). One definition for the program and userspace: they must agree bit for bit. A set bit
+/// only means "ask the trie", so collisions cost a lookup, never a verdict.
+#[inline(always)]
+pub const fn slash48_bit(top48: u64) -> u32 {
+    (top48.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLASH48_BITS_LOG2)) as u32
+}
+
+/// Value of `ALLOW_V4_MASKS`: bit `d % 64` of word `d / 64` is set when the address
+/// `a.b.c.d` of the block `a.b.c.0/24` lies in an allowlisted prefix of /25 to /32. Together
+/// with `ALLOW_V4_FULL` (prefixes up to /24) it answers for every IPv4 address exactly,
+/// with one hash lookup instead of an LPM trie walk: most entries are hosts from DNS.
+pub type BlockMask = [u64; 4];
 
 /// Value stored in the allowlist tries. Its content is not used by the program (a hit is
 /// what matters); userspace keeps it at 1.

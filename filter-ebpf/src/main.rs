@@ -63,6 +63,9 @@ pub fn mxguard(ctx: XdpContext) -> u32 {
 fn deny(ctx: &XdpContext, frame: &mut Frame, judgement: &Judgement, row: Row) -> Verdict {
     // Before the action: `reject` rewrites the headers the sample reads.
     sample::sample(frame, judgement, row);
+    if cfg!(feature = "off-action") {
+        return Verdict::Drop;
+    }
     let Some(config) = CONFIG.get(0) else {
         return Verdict::Drop;
     };

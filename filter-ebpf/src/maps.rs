@@ -3,18 +3,23 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use filter_common::{
-    ALLOWLIST_CAPACITY, AllowEntry, BLOCK_WORDS, BlockWord, Config, DROP_SAMPLES_BYTES,
+    ALLOWLIST_CAPACITY, AllowEntry, BLOCK_WORDS, BlockMask, BlockWord, Config, DROP_SAMPLES_BYTES,
     DROPPED_SOURCES_CAPACITY, DroppedSource, Family, FamilyCounters, PORT_SLOTS, PortFlag,
-    RATE_SLOTS, RateWindow, SUMMARY_WORDS,
+    RATE_SLOTS, RateWindow, SLASH48_WORDS, SUMMARY_WORDS,
 };
 
 /// `BPF_F_MMAPABLE` from the kernel's uapi (not re-exported by aya-ebpf 0.2).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Allowed IPv4 source prefixes: longest-prefix match decides membership.
+/// `BPF_F_NO_PREALLOC`: hash elements are allocated on insert and freed after an RCU grace
+/// period, so a value the program is reading is never reused under it.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Allowed IPv4 source prefixes: the record userspace keeps (and `status` reads). The program
+/// judges IPv4 by `ALLOW_V4_FULL` and `ALLOW_V4_MASKS`, derived from it.
 #[map(name = "ALLOW_V4")]
 pub static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> =
     LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
@@ -34,6 +39,16 @@ pub static ALLOW_V4_SUMMARY: Array<BlockWord> =
 #[map(name = "ALLOW_V4_BLOCKS")]
 pub static ALLOW_V4_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
 
+/// IPv4, exact: bit set = a prefix of length 24 or less covers this /24 block whole.
+#[map(name = "ALLOW_V4_FULL")]
+pub static ALLOW_V4_FULL: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// IPv4, exact: the addresses of a /24 block (keyed by its index) that prefixes /25 to /32
+/// cover. Most allowlist entries are hosts; one hash lookup replaces an LPM trie walk.
+#[map(name = "ALLOW_V4_MASKS")]
+pub static ALLOW_V4_MASKS: HashMap<u32, BlockMask> =
+    HashMap::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_NO_PREALLOC);
+
 /// Fast path, first level: bit set = some IPv6 allowlist prefix touches this /16.
 #[map(name = "ALLOW_V6_SUMMARY")]
 pub static ALLOW_V6_SUMMARY: Array<BlockWord> =
@@ -42,6 +57,14 @@ pub static ALLOW_V6_SUMMARY: Array<BlockWord> =
 /// Fast path: bit set = some IPv6 allowlist prefix touches this /24.
 #[map(name = "ALLOW_V6_BLOCKS")]
 pub static ALLOW_V6_BLOCKS: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// IPv6 fast path: bit set = a prefix shorter than /48 touches this /24 block.
+#[map(name = "ALLOW_V6_SHORT")]
+pub static ALLOW_V6_SHORT: Array<BlockWord> = Array::with_max_entries(BLOCK_WORDS, BPF_F_MMAPABLE);
+
+/// IPv6 fast path: bit `slash48_bit` set = some prefix of /48 or longer may lie in this /48.
+#[map(name = "ALLOW_V6_48")]
+pub static ALLOW_V6_48: Array<BlockWord> = Array::with_max_entries(SLASH48_WORDS, BPF_F_MMAPABLE);
 
 /// The protected ports: indexed by TCP port, so a SYN costs one array read.
 #[map(name = "PORTS")]

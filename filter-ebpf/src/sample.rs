@@ -20,6 +20,9 @@ const SAMPLE_EVERY: u64 = 64;
 /// Samples a denied frame, before any rewrite of its headers.
 #[inline(always)]
 pub fn sample(frame: &Frame, judgement: &Judgement, row: Row) {
+    if cfg!(feature = "off-sample") {
+        return;
+    }
     // Only every SAMPLE_EVERY-th denied frame of this CPU and family (the first included) even
     // looks at the clock.
     if row

@@ -1,17 +1,20 @@
-//! The allowlist: both LPM tries and the fast-path bitmaps in front of them, as one type that
-//! keeps them in step (bits set before a trie insert, cleared after a trie removal).
+//! The allowlist: both LPM tries (the record), the fast-path bitmaps in front of them and the
+//! exact IPv4 block structures derived from them, as one type that keeps them in step: what
+//! the program reads is written before a trie insert and cleared after a trie removal.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, anyhow};
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use filter_common::{
-    AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, SUMMARY_PREFIX_LEN, SUMMARY_WORDS, map_names,
+    AllowEntry, BLOCK_PREFIX_LEN, BLOCK_WORDS, SLASH48_WORDS, SUMMARY_PREFIX_LEN, SUMMARY_WORDS,
+    map_names,
 };
 
 use crate::{
+    block_masks::{self, BlockMasks},
     cidr::Cidr,
-    fast_path::{Fam, FastPath, MappedBitmap},
+    fast_path::{Fam, FastPath, LevelMap, MappedBitmap},
     maps::MapSource,
 };
 
@@ -83,59 +86,91 @@ impl AllowlistTries {
     }
 }
 
-/// The allowlist the program consults: the tries and the fast path's bitmaps.
+/// The allowlist the program consults: the tries, the fast path's bitmaps and the IPv4 block
+/// masks.
 pub struct Allowlist {
     tries: AllowlistTries,
     fast_path: FastPath,
+    masks: BlockMasks,
 }
 
 impl Allowlist {
     /// Opens the tries and maps the bitmaps. Pinned tries may already hold prefixes, and pinned
-    /// bitmaps may predate them (or be new): the bitmaps are derived from the tries here,
+    /// bitmaps and masks may predate them (or be new): they are derived from the tries here,
     /// before anything is attached.
     pub fn open(source: &mut MapSource) -> anyhow::Result<Self> {
         let tries = AllowlistTries::open(source)?;
         let mut levels = Vec::new();
-        for (fam, name, block_len, words) in [
+        // Filters first (see `FastPath::new`), the exact full-block level last.
+        for (fam, name, block_len, longest, filter, words) in [
             (
                 Fam::V4,
                 map_names::ALLOW_V4_SUMMARY,
                 SUMMARY_PREFIX_LEN,
+                u8::MAX,
+                true,
                 SUMMARY_WORDS,
             ),
             (
                 Fam::V4,
                 map_names::ALLOW_V4_BLOCKS,
                 BLOCK_PREFIX_LEN,
+                u8::MAX,
+                true,
                 BLOCK_WORDS,
             ),
             (
                 Fam::V6,
                 map_names::ALLOW_V6_SUMMARY,
                 SUMMARY_PREFIX_LEN,
+                u8::MAX,
+                true,
                 SUMMARY_WORDS,
             ),
             (
                 Fam::V6,
                 map_names::ALLOW_V6_BLOCKS,
                 BLOCK_PREFIX_LEN,
+                u8::MAX,
+                true,
+                BLOCK_WORDS,
+            ),
+            (
+                Fam::V6,
+                map_names::ALLOW_V6_SHORT,
+                BLOCK_PREFIX_LEN,
+                47,
+                true,
+                BLOCK_WORDS,
+            ),
+            (
+                Fam::V4,
+                map_names::ALLOW_V4_FULL,
+                BLOCK_PREFIX_LEN,
+                block_masks::BLOCK_LEN,
+                false,
                 BLOCK_WORDS,
             ),
         ] {
-            // The mapping keeps the map alive after its fd is closed here.
-            let bitmap = match source.open(name)? {
-                Map::Array(data) => MappedBitmap::new(data.fd(), words)
-                    .with_context(|| format!("mapping {name}"))?,
-                _ => return Err(anyhow!("map {name} is not an array")),
-            };
-            levels.push((fam, name, block_len, bitmap));
+            let map = map_bitmap(source, name, words)?;
+            levels.push(LevelMap {
+                fam,
+                name,
+                block_len,
+                longest,
+                filter,
+                map,
+            });
         }
+        let slash48 = map_bitmap(source, map_names::ALLOW_V6_48, SLASH48_WORDS)?;
         let mut allowlist = Allowlist {
             tries,
-            fast_path: FastPath::new(levels),
+            fast_path: FastPath::new(levels, slash48),
+            masks: BlockMasks::open(source)?,
         };
         let prefixes = allowlist.block_keys()?;
         allowlist.fast_path.rebuild(&prefixes);
+        allowlist.masks.rebuild(v4_prefixes(&prefixes))?;
         Ok(allowlist)
     }
 
@@ -146,11 +181,18 @@ impl Allowlist {
 
     /// Adds one prefix.
     pub fn allow(&mut self, cidr: &Cidr) -> anyhow::Result<()> {
-        // Bits first: a set bit with no trie entry yet is only a slower miss, never a verdict
-        // change; the reverse order could drop an allowlisted source.
+        // What the program reads first, the trie (the record) last: a set bit or mask with no
+        // trie entry yet is only an early allow of a prefix being added, never a lost one; the
+        // reverse order could drop an allowlisted source.
         let (fam, addr, len) = block_key(cidr);
         self.fast_path.insert(fam, addr, len);
-        let result = self.tries.insert(cidr);
+        let result = self.insert_mask(fam, addr, len).and_then(|()| {
+            let inserted = self.tries.insert(cidr);
+            if inserted.is_err() {
+                self.remove_mask(fam, addr, len)?;
+            }
+            inserted
+        });
         if result.is_err() {
             self.fast_path.remove(fam, addr, len);
         }
@@ -160,10 +202,25 @@ impl Allowlist {
     /// Removes one prefix; removing an absent prefix is not an error.
     pub fn disallow(&mut self, cidr: &Cidr) -> anyhow::Result<()> {
         self.tries.remove(cidr)?;
-        // Bits after the trie: they are cleared only once no prefix touches their block.
+        // After the trie: a block's mask and bits only lose what no remaining prefix covers.
         let (fam, addr, len) = block_key(cidr);
+        self.remove_mask(fam, addr, len)?;
         self.fast_path.remove(fam, addr, len);
         Ok(())
+    }
+
+    fn insert_mask(&mut self, fam: Fam, addr: u128, len: u8) -> anyhow::Result<()> {
+        match fam {
+            Fam::V4 if BlockMasks::takes(len) => self.masks.insert(addr as u32, len),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_mask(&mut self, fam: Fam, addr: u128, len: u8) -> anyhow::Result<()> {
+        match fam {
+            Fam::V4 if BlockMasks::takes(len) => self.masks.remove(addr as u32, len),
+            _ => Ok(()),
+        }
     }
 
     /// Makes the allowlist exactly `wanted`: adds what is new first, then removes what is gone,
@@ -183,17 +240,21 @@ impl Allowlist {
         Ok(change)
     }
 
-    /// Turns the fast path on (the default) or off. Off fills the kernel bitmaps with ones, so
-    /// every protected SYN costs a trie lookup: verdicts are the same either way, only the cost
-    /// differs (the benchmark measures both).
+    /// Turns the fast path on (the default) or off. Off fills the filter bitmaps with ones, so
+    /// every protected SYN goes on to the exact structures (the IPv4 full-block bitmap and
+    /// block masks, the IPv6 trie): verdicts are the same either way, only the cost differs
+    /// (the benchmark measures both).
     pub fn set_fast_path(&mut self, enabled: bool) {
         self.fast_path.set_enabled(enabled);
     }
 
-    /// Checks that the kernel's bitmaps are exactly what the tries' contents imply (all ones
-    /// when the fast path is off). For tests; reads every bitmap whole.
+    /// Checks that the kernel's bitmaps and IPv4 block masks are exactly what the tries'
+    /// contents imply (filters all ones when the fast path is off). For tests; reads every
+    /// bitmap whole.
     pub fn verify_fast_path(&self) -> anyhow::Result<()> {
-        self.fast_path.verify(&self.block_keys()?)
+        let prefixes = self.block_keys()?;
+        self.fast_path.verify(&prefixes)?;
+        self.masks.verify(v4_prefixes(&prefixes))
     }
 
     fn block_keys(&self) -> anyhow::Result<Vec<(Fam, u128, u8)>> {
@@ -220,6 +281,25 @@ fn block_key(cidr: &Cidr) -> (Fam, u128, u8) {
             (Fam::V6, addr.to_bits() & mask, prefix_len)
         }
     }
+}
+
+/// Maps the bitmap array `name` of `words` words into this process. The mapping keeps the map
+/// alive after its fd is closed.
+fn map_bitmap(source: &mut MapSource, name: &str, words: u32) -> anyhow::Result<MappedBitmap> {
+    match source.open(name)? {
+        Map::Array(data) => {
+            MappedBitmap::new(data.fd(), words).with_context(|| format!("mapping {name}"))
+        }
+        _ => Err(anyhow!("map {name} is not an array")),
+    }
+}
+
+/// The IPv4 prefixes among `prefixes`, as 32-bit addresses.
+fn v4_prefixes(prefixes: &[(Fam, u128, u8)]) -> impl Iterator<Item = (u32, u8)> + '_ {
+    prefixes
+        .iter()
+        .filter(|(fam, _, _)| *fam == Fam::V4)
+        .map(|&(_, addr, len)| (addr as u32, len))
 }
 
 /// What [`Allowlist::sync`] changed.

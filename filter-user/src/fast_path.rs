@@ -4,17 +4,19 @@
 //! [`filter_common::SUMMARY_PREFIX_LEN`]) and then its /24 ([`filter_common::BLOCK_PREFIX_LEN`])
 //! have their bits set. Each bitmap is derived state: bit `b` is set exactly when some
 //! allowlisted prefix touches block `b` (contains it, or lies inside it). [`BlockIndex`] keeps
-//! the prefixes and one bitmap and says which words changed; [`FastPath`] holds the four
-//! levels and writes only changed words into the kernel's maps, which are mmapped.
+//! the prefixes and one bitmap and says which words changed; [`FastPath`] holds the levels
+//! and writes only changed words into the kernel's maps, which are mmapped. The same machinery
+//! keeps `ALLOW_V4_FULL`, the exact bitmap of /24 blocks that prefixes up to /24 cover
+//! whole (for such prefixes "touches" is "covers").
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, AsRawFd as _},
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::Context as _;
-use filter_common::BlockWord;
+use filter_common::{BlockWord, SLASH48_WORDS, slash48_bit};
 
 /// The prefixes of one address family and the bitmap of blocks (of `block_len` bits: 16 for
 /// the summary level, 24 for the block level) they imply.
@@ -246,41 +248,75 @@ pub enum Fam {
     V6,
 }
 
+/// One kernel bitmap of the allowlist, as [`FastPath::new`] takes it.
+pub struct LevelMap {
+    pub fam: Fam,
+    pub name: &'static str,
+    /// Block length in bits (16 for a summary, 24 for blocks).
+    pub block_len: u32,
+    /// Only prefixes this long or shorter go in (`ALLOW_V4_FULL` takes prefixes up to
+    /// /24, which cover their blocks whole); the filters take every prefix.
+    pub longest: u8,
+    /// A filter only says "maybe" (all ones while the fast path is off); an exact level is an
+    /// answer the program trusts, so it keeps its real bits always.
+    pub filter: bool,
+    pub map: MappedBitmap,
+}
+
 /// One bitmap level of one family: the userspace index and the kernel map it mirrors.
 struct Level {
     fam: Fam,
     name: &'static str,
+    longest: u8,
+    filter: bool,
     index: BlockIndex,
     map: MappedBitmap,
+}
+
+impl Level {
+    /// Whether a prefix of `fam` and `len` goes in this level.
+    fn takes(&self, fam: Fam, len: u8) -> bool {
+        self.fam == fam && len <= self.longest
+    }
 }
 
 /// Both levels (/16 summary, /24 blocks) of both families, kept equal to what the allowlist
 /// implies: [`FastPath::insert`] before a trie insert, [`FastPath::remove`] after a removal.
 pub struct FastPath {
     levels: Vec<Level>,
+    slash48: Slash48Filter,
     enabled: bool,
 }
 
 impl FastPath {
-    /// Wraps the four kernel bitmaps, given as (family, map name, block length, mapping).
-    pub fn new(maps: Vec<(Fam, &'static str, u32, MappedBitmap)>) -> Self {
+    /// Wraps the kernel bitmaps. Levels are written in the order given: filters first, so a
+    /// new prefix's exact bits are never set while a filter still hides them (harmless either
+    /// way: it only delays the new prefix by a store).
+    pub fn new(maps: Vec<LevelMap>, slash48: MappedBitmap) -> Self {
         let levels = maps
             .into_iter()
-            .map(|(fam, name, block_len, map)| Level {
-                fam,
-                name,
+            .map(|level| Level {
+                fam: level.fam,
+                name: level.name,
+                longest: level.longest,
+                filter: level.filter,
                 index: BlockIndex::new(
-                    match fam {
+                    match level.fam {
                         Fam::V4 => 32,
                         Fam::V6 => 128,
                     },
-                    block_len,
+                    level.block_len,
                 ),
-                map,
+                map: level.map,
             })
             .collect();
         FastPath {
             levels,
+            slash48: Slash48Filter {
+                prefixes: BTreeSet::new(),
+                counts: BTreeMap::new(),
+                map: slash48,
+            },
             enabled: true,
         }
     }
@@ -291,7 +327,7 @@ impl FastPath {
         for level in &mut self.levels {
             let mut index = BlockIndex::new(level.index.width, level.index.block_len);
             for &(fam, addr, len) in prefixes {
-                if fam == level.fam {
+                if level.takes(fam, len) {
                     index.insert(addr, len);
                 }
             }
@@ -300,37 +336,45 @@ impl FastPath {
                 level.store(word, self.enabled);
             }
         }
+        self.slash48.rebuild(prefixes, self.enabled);
     }
 
     /// Sets the bits of every block `addr/len` touches, in every level of `fam`.
     pub fn insert(&mut self, fam: Fam, addr: u128, len: u8) {
         let enabled = self.enabled;
-        for level in self.levels.iter_mut().filter(|l| l.fam == fam) {
+        for level in self.levels.iter_mut().filter(|l| l.takes(fam, len)) {
             for word in level.index.insert(addr, len) {
                 level.store(word, enabled);
             }
+        }
+        if Slash48Filter::takes(fam, len) {
+            self.slash48.insert(addr, len, enabled);
         }
     }
 
     /// Clears the bits of blocks that only `addr/len` touched, in every level of `fam`.
     pub fn remove(&mut self, fam: Fam, addr: u128, len: u8) {
         let enabled = self.enabled;
-        for level in self.levels.iter_mut().filter(|l| l.fam == fam) {
+        for level in self.levels.iter_mut().filter(|l| l.takes(fam, len)) {
             for word in level.index.remove(addr, len) {
                 level.store(word, enabled);
             }
         }
+        if Slash48Filter::takes(fam, len) {
+            self.slash48.remove(addr, len, enabled);
+        }
     }
 
-    /// On: the kernel bitmaps hold the real bits. Off: all ones, so every lookup goes to the
-    /// trie (the verdicts are the same; only the cost differs).
+    /// On: the kernel bitmaps hold the real bits. Off: the filters are all ones, so every
+    /// lookup goes on to the exact structures (the verdicts are the same; only the cost differs).
     pub fn set_enabled(&mut self, enabled: bool) {
         self.enabled = enabled;
-        for level in &self.levels {
+        for level in self.levels.iter().filter(|level| level.filter) {
             for word in 0..level.index.word_count() {
                 level.store(word, enabled);
             }
         }
+        self.slash48.store_all(enabled);
     }
 
     /// Checks the kernel bitmaps against `prefixes` (the tries' contents).
@@ -338,12 +382,16 @@ impl FastPath {
         for level in &self.levels {
             let mut expected = BlockIndex::new(level.index.width, level.index.block_len);
             for &(fam, addr, len) in prefixes {
-                if fam == level.fam {
+                if level.takes(fam, len) {
                     expected.insert(addr, len);
                 }
             }
             for (index, word) in expected.recomputed().iter().enumerate() {
-                let want = if self.enabled { *word } else { BlockWord::MAX };
+                let want = if self.enabled || !level.filter {
+                    *word
+                } else {
+                    BlockWord::MAX
+                };
                 let got = level.map.load(index as u32);
                 if got != want {
                     anyhow::bail!(
@@ -353,16 +401,108 @@ impl FastPath {
                 }
             }
         }
+        self.slash48.verify(prefixes, self.enabled)
+    }
+}
+
+/// The IPv6 /48 filter (`ALLOW_V6_48`): bit [`slash48_bit`] of the /48 each prefix of /48
+/// or longer lies in, counted, so a bit is cleared when the last prefix behind it goes.
+struct Slash48Filter {
+    prefixes: BTreeSet<(u128, u8)>,
+    /// Prefixes behind each set bit.
+    counts: BTreeMap<u32, u32>,
+    map: MappedBitmap,
+}
+
+impl Slash48Filter {
+    /// Prefixes shorter than /48 span many /48s: the short-block level stands for them.
+    fn takes(fam: Fam, len: u8) -> bool {
+        fam == Fam::V6 && len >= 48
+    }
+
+    fn bit(addr: u128) -> u32 {
+        slash48_bit((addr >> 80) as u64)
+    }
+
+    fn word_of(&self, word: u32) -> BlockWord {
+        let first = word * 64;
+        self.counts
+            .range(first..first + 64)
+            .fold(0, |bits, (bit, _)| bits | 1 << (bit - first))
+    }
+
+    fn store(&self, word: u32, enabled: bool) {
+        let value = if enabled {
+            self.word_of(word)
+        } else {
+            BlockWord::MAX
+        };
+        self.map.store(word, value);
+    }
+
+    fn store_all(&self, enabled: bool) {
+        for word in 0..SLASH48_WORDS {
+            self.store(word, enabled);
+        }
+    }
+
+    fn insert(&mut self, addr: u128, len: u8, enabled: bool) {
+        if self.prefixes.insert((addr, len)) {
+            let bit = Self::bit(addr);
+            *self.counts.entry(bit).or_default() += 1;
+            self.store(bit / 64, enabled);
+        }
+    }
+
+    fn remove(&mut self, addr: u128, len: u8, enabled: bool) {
+        if self.prefixes.remove(&(addr, len)) {
+            let bit = Self::bit(addr);
+            if let Some(count) = self.counts.get_mut(&bit) {
+                *count -= 1;
+                if *count == 0 {
+                    self.counts.remove(&bit);
+                }
+            }
+            self.store(bit / 64, enabled);
+        }
+    }
+
+    fn rebuild(&mut self, prefixes: &[(Fam, u128, u8)], enabled: bool) {
+        self.prefixes.clear();
+        self.counts.clear();
+        for &(fam, addr, len) in prefixes {
+            if Self::takes(fam, len) && self.prefixes.insert((addr, len)) {
+                *self.counts.entry(Self::bit(addr)).or_default() += 1;
+            }
+        }
+        self.store_all(enabled);
+    }
+
+    fn verify(&self, prefixes: &[(Fam, u128, u8)], enabled: bool) -> anyhow::Result<()> {
+        let mut expected = vec![0 as BlockWord; SLASH48_WORDS as usize];
+        for &(fam, addr, len) in prefixes {
+            if Self::takes(fam, len) {
+                let bit = Self::bit(addr);
+                expected[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+        for (index, want) in expected.into_iter().enumerate() {
+            let want = if enabled { want } else { BlockWord::MAX };
+            let got = self.map.load(index as u32);
+            if got != want {
+                anyhow::bail!("ALLOW_V6_48[{index}] is {got:#x}, the allowlist implies {want:#x}");
+            }
+        }
         Ok(())
     }
 }
 
 impl Level {
-    /// Copies one word into the kernel's bitmap (all ones while the fast path is off). One
-    /// atomic store; the bits not being changed are equal in the old and new word, so the
-    /// program never sees a bit that is in neither state.
+    /// Copies one word into the kernel's bitmap (a filter's is all ones while the fast path is
+    /// off). One atomic store; the bits not being changed are equal in the old and new word, so
+    /// the program never sees a bit that is in neither state.
     fn store(&self, word: u32, enabled: bool) {
-        let value = if enabled {
+        let value = if enabled || !self.filter {
             self.index.word(word)
         } else {
             BlockWord::MAX

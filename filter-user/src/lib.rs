@@ -1,6 +1,7 @@
 //! mxguard userspace: load the XDP program, fill its maps, attach it, run the daemon.
 
 pub mod allowlist;
+pub mod block_masks;
 pub mod cidr;
 pub mod cli;
 pub mod config;

@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{LpmTrie, Map, MapData, MapInfo, lpm_trie::Key};
-use filter_common::{Action, FamilyCounters};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo, lpm_trie::Key};
+use filter_common::{Action, BlockMask, FamilyCounters, map_names};
 use filter_user::{
     cidr::Cidr,
     dns::{
@@ -211,10 +211,9 @@ impl Drop for Rig {
     }
 }
 
-/// A second handle on one of the filter's allowlist tries (`K` = `[u8; 4]` for
-/// [`filter_common::map_names::ALLOW_V4`], `[u8; 16]` for [`filter_common::map_names::ALLOW_V6`]), found through the
-/// program's map ids, for reading it from another thread while the rig updates it.
-pub fn trie_handle<K: aya::Pod>(filter: &Filter, name: &str) -> LpmTrie<MapData, K, u8> {
+/// A second handle on one of the maps the program reads, found through the program's map ids,
+/// for reading it from another thread while the rig updates it.
+fn program_map(filter: &Filter, name: &str) -> Map {
     let ids = filter
         .program
         .xdp()
@@ -227,23 +226,43 @@ pub fn trie_handle<K: aya::Pod>(filter: &Filter, name: &str) -> LpmTrie<MapData,
     for id in ids {
         let info = MapInfo::from_id(id).expect("map info");
         if info.name_as_str() == Some(name) {
-            let map =
-                Map::from_map_data(MapData::from_id(id).expect("map by id")).expect("map type");
-            return LpmTrie::try_from(map).expect("an LPM trie with these keys");
+            return Map::from_map_data(MapData::from_id(id).expect("map by id")).expect("map type");
         }
     }
     panic!("the program uses no map named {name}");
 }
 
-/// Whether the trie holds the host entry for `addr` (/32 or /128).
-pub fn holds(
-    v4: &LpmTrie<MapData, [u8; 4], u8>,
-    v6: &LpmTrie<MapData, [u8; 16], u8>,
-    addr: IpAddr,
-) -> bool {
-    // Exact key lookups: every key the tests use is a host entry, so a hit means this one.
-    match addr {
-        IpAddr::V4(addr) => v4.get(&Key::new(32, addr.octets()), 0).is_ok(),
-        IpAddr::V6(addr) => v6.get(&Key::new(128, addr.octets()), 0).is_ok(),
+/// The allowlist as the program reads it for host entries: the IPv4 block masks
+/// ([`filter_common::map_names::ALLOW_V4_MASKS`]) and the IPv6 trie
+/// ([`filter_common::map_names::ALLOW_V6`]).
+pub struct AllowlistView {
+    v4: HashMap<MapData, u32, BlockMask>,
+    v6: LpmTrie<MapData, [u8; 16], u8>,
+}
+
+impl AllowlistView {
+    pub fn of(filter: &Filter) -> Self {
+        AllowlistView {
+            v4: HashMap::try_from(program_map(filter, map_names::ALLOW_V4_MASKS))
+                .expect("a hash of block masks"),
+            v6: LpmTrie::try_from(program_map(filter, map_names::ALLOW_V6))
+                .expect("an LPM trie with IPv6 keys"),
+        }
+    }
+
+    /// Whether the host `addr` is allowlisted through a host entry (/32 in its block's mask,
+    /// /128 in the trie).
+    pub fn holds(&self, addr: IpAddr) -> bool {
+        // Exact lookups: every entry the tests use is a host entry, so a hit means this one.
+        match addr {
+            IpAddr::V4(addr) => {
+                let bits = addr.to_bits();
+                let last = bits & 0xff;
+                self.v4
+                    .get(&(bits >> 8), 0)
+                    .is_ok_and(|mask| mask[(last / 64) as usize] >> (last % 64) & 1 != 0)
+            }
+            IpAddr::V6(addr) => self.v6.get(&Key::new(128, addr.octets()), 0).is_ok(),
+        }
     }
 }

@@ -12,14 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use filter_common::{Action, Counter, map_names};
+use filter_common::{Action, Counter};
 use filter_user::{
     cidr::Cidr,
     dns::{RefreshPolicy, state_file::StateFile},
 };
 use hickory_proto::rr::RecordType;
 use test_kit::{
-    dns_rig::{Rig, XDP_DROP, XDP_PASS, cidrs, engine, holds, trie_handle},
+    dns_rig::{AllowlistView, Rig, XDP_DROP, XDP_PASS, cidrs, engine},
     dns_server::{Mode, TestDns},
     temp_dir::TempDir,
 };
@@ -214,8 +214,7 @@ async fn new_addresses_are_added_before_old_ones_are_removed() {
     // before the first old one goes: the two are never both missing.
     let first_old = ip("2001:db8:1::1");
     let last_new = ip(&format!("2001:db8:2::{N:x}"));
-    let v4 = trie_handle::<[u8; 4]>(&rig.filter, map_names::ALLOW_V4);
-    let v6 = trie_handle::<[u8; 16]>(&rig.filter, map_names::ALLOW_V6);
+    let view = AllowlistView::of(&rig.filter);
     let stop = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicUsize::new(0));
     let inside = Arc::new(AtomicUsize::new(0));
@@ -226,14 +225,14 @@ async fn new_addresses_are_added_before_old_ones_are_removed() {
             while !stop.load(Ordering::Relaxed) {
                 let shared_in = [ip("192.0.2.41"), ip("2001:db8::41")]
                     .into_iter()
-                    .all(|addr| holds(&v4, &v6, addr));
+                    .all(|addr| view.holds(addr));
                 // Three reads, not one snapshot: a reader preempted between two reads for a
                 // whole sync could otherwise see the old address before it was re-added and
                 // the new one after it was removed. Both absent at one instant means absent
                 // on all three.
-                let old_in = holds(&v4, &v6, first_old);
-                let new_in = holds(&v4, &v6, last_new);
-                let old_again = holds(&v4, &v6, first_old);
+                let old_in = view.holds(first_old);
+                let new_in = view.holds(last_new);
+                let old_again = view.holds(first_old);
                 if old_in && new_in {
                     inside.fetch_add(1, Ordering::Relaxed);
                 }
