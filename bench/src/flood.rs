@@ -258,7 +258,7 @@ impl Topology {
 
 /// Softirq time of `cpu` from /proc/stat (USER_HZ ticks, sampled by the scheduler tick when the
 /// kernel has no IRQ time accounting: unbiased, about 1% over a few seconds).
-fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
+pub(crate) fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let label = format!("cpu{cpu}");
     let ticks: u64 = text
@@ -275,7 +275,7 @@ fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
 }
 
 /// Turns on threaded NAPI for `iface` and pins its thread to `cpu`; returns the thread's pid.
-fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> {
+pub(crate) fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> {
     // A device's sysfs files are only visible in a sysfs mounted from its namespace, which
     // `ip netns exec` provides.
     let path = format!("/sys/class/net/{iface}/threaded");
@@ -317,15 +317,20 @@ fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> 
 }
 
 /// What a case installed; removed on drop (before the namespaces go).
-enum Installed {
+pub(crate) enum Installed {
     None,
     Mxguard(Box<Filter>, String),
     Xdp(Box<Ebpf>, String, Option<XdpLinkId>),
 }
 
-fn install(case: Case, topology: &Topology, allow: &[Cidr]) -> anyhow::Result<Installed> {
-    let rx = &topology.rx;
-    let iface = topology.rx_if.clone();
+/// Installs `case` on `iface` in the receiving namespace `rx` (the mail benchmark shares it).
+pub(crate) fn install(
+    case: Case,
+    rx: &Netns,
+    iface: &str,
+    allow: &[Cidr],
+) -> anyhow::Result<Installed> {
+    let iface = iface.to_owned();
     let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) =
         allow.iter().partition(|c| matches!(c, Cidr::V4 { .. }));
     match case {
@@ -436,7 +441,7 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let threaded = sender_cpu != receiver_cpu;
     let topology = Topology::new(threaded, receiver_cpu)?;
-    let installed = install(case, &topology, allow)?;
+    let installed = install(case, &topology.rx, &topology.rx_if, allow)?;
     let rx_mac = topology.mac(&topology.rx, &topology.rx_if)?;
     let tx_mac = topology.mac(&topology.tx, &topology.tx_if)?;
     let frames: Vec<Vec<u8>> = frames
