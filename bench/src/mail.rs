@@ -319,6 +319,10 @@ impl MailLab {
         ] {
             mx.sysctl(&key, "0")?;
         }
+        // Tens of thousands of short SMTP connections in a few minutes: room for the relay's
+        // ports in TIME_WAIT.
+        out.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        out.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         let mx_mac = mac(&mx, &mx_if)?;
         let out_mac = mac(&out, &out_if)?;
         // Permanent neighbours: a drop-all that ate ARP would otherwise silently starve hping3
@@ -373,6 +377,9 @@ impl MailLab {
         // On SIGINT/SIGTERM the namespaces go; Postfix must not outlive them.
         let config_dir = postfix.config_dir().display().to_string();
         netns::on_signal_cleanup(&mx, &["postfix", "-c", &config_dir, "abort"]);
+        if let Some(dir) = postfix.config_dir().parent() {
+            netns::on_signal_cleanup(&mx, &["rm", "-rf", &dir.display().to_string()]);
+        }
         // Every process of the instance; the ones the master forks later inherit its CPU.
         for pid in instance_pids(&postfix.config_dir()) {
             crate::pin_thread(pid, victim_cpu)
@@ -1036,6 +1043,20 @@ fn cell(summary: &Option<Summary>, scale: f64, digits: usize) -> String {
     }
 }
 
+/// A share as a percentage, with the spread in points.
+fn percent(summary: &Option<Summary>) -> String {
+    match summary {
+        Some(s) if s.samples.len() > 1 => format!(
+            "{:.0}% ({:.0}-{:.0})",
+            s.median * 100.0,
+            s.min * 100.0,
+            s.max * 100.0
+        ),
+        Some(s) => format!("{:.0}%", s.median * 100.0),
+        None => "–".into(),
+    }
+}
+
 fn ratio_cell(ratio: Option<f64>) -> String {
     ratio
         .map(|r| format!("{r:.2}×"))
@@ -1080,7 +1101,7 @@ pub fn table(results: &MailResults) -> String {
             ratio_cell(case.floor().and_then(|f| results.ratio(case, f, generator))),
             cell(&row.offered_pps, 1000.0, 0),
             cell(&row.received_pps, 1000.0, 0),
-            cell(&row.victim_softirq, 0.01, 0) + "%",
+            percent(&row.victim_softirq),
             cell(&row.retransmits_per_mail, 1.0, 2),
             cell(&row.xdp_runs_pps, 1000.0, 0),
             cell(&row.xdp_ns_per_run, 1.0, 0),
@@ -1207,6 +1228,38 @@ mod tests {
         }
         let hping: IpAddr = HPING_SOURCE.parse().unwrap();
         assert!(!allow.iter().any(|c| c.contains(hping)));
+    }
+
+    #[test]
+    fn a_case_that_could_not_be_set_up_stays_in_the_table_and_fails_the_run() {
+        let error = Some("set-up failed: hping3 not found".to_string());
+        let rows = plan()
+            .into_iter()
+            .map(|(case, generator)| row(case, generator, &[], error.clone()))
+            .collect::<Vec<_>>();
+        let results = MailResults {
+            victim_cpu: 1,
+            generator_cpu: 0,
+            messages: 1,
+            sessions: 1,
+            message_len: 1,
+            deadline_s: 1.0,
+            flood_rate: None,
+            reps: 1,
+            postfix_version: String::new(),
+            hping3_version: String::new(),
+            bpf_stats: String::new(),
+            rows,
+        };
+        let table = table(&results);
+        for case in MailCase::ALL {
+            assert!(
+                table.contains(&format!("| {} | **FAILED**", case.label())),
+                "{table}"
+            );
+        }
+        assert_eq!(results.failures().len(), plan().len());
+        assert!(targets(&results).iter().all(|t| t.met.is_none()));
     }
 
     #[test]
