@@ -231,8 +231,13 @@ impl MailResults {
         } else {
             generator
         };
-        let base = self.rate(to, to_generator)?;
-        (base > 0.0).then(|| self.rate(case, generator).map(|r| r / base))?
+        let (rate, base) = (self.rate(case, generator)?, self.rate(to, to_generator)?);
+        match (rate > 0.0, base > 0.0) {
+            (_, true) => Some(rate / base),
+            // Mail got through where the other case let none: better than any finite ratio.
+            (true, false) => Some(f64::INFINITY),
+            (false, false) => None,
+        }
     }
 
     /// The cases that could not be measured, for a loud exit after the report is written.
@@ -1058,9 +1063,11 @@ fn percent(summary: &Option<Summary>) -> String {
 }
 
 fn ratio_cell(ratio: Option<f64>) -> String {
-    ratio
-        .map(|r| format!("{r:.2}×"))
-        .unwrap_or_else(|| "–".into())
+    match ratio {
+        Some(r) if r.is_infinite() => "∞ (none there)".into(),
+        Some(r) => format!("{r:.2}×"),
+        None => "–".into(),
+    }
 }
 
 /// The table: one line per case and generator.
@@ -1230,14 +1237,14 @@ mod tests {
         assert!(!allow.iter().any(|c| c.contains(hping)));
     }
 
-    #[test]
-    fn a_case_that_could_not_be_set_up_stays_in_the_table_and_fails_the_run() {
+    /// Results where every case failed to set up.
+    fn failed_results() -> MailResults {
         let error = Some("set-up failed: hping3 not found".to_string());
         let rows = plan()
             .into_iter()
             .map(|(case, generator)| row(case, generator, &[], error.clone()))
             .collect::<Vec<_>>();
-        let results = MailResults {
+        MailResults {
             victim_cpu: 1,
             generator_cpu: 0,
             messages: 1,
@@ -1250,7 +1257,12 @@ mod tests {
             hping3_version: String::new(),
             bpf_stats: String::new(),
             rows,
-        };
+        }
+    }
+
+    #[test]
+    fn a_case_that_could_not_be_set_up_stays_in_the_table_and_fails_the_run() {
+        let results = failed_results();
         let table = table(&results);
         for case in MailCase::ALL {
             assert!(
@@ -1260,6 +1272,45 @@ mod tests {
         }
         assert_eq!(results.failures().len(), plan().len());
         assert!(targets(&results).iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
+    fn mail_where_the_other_case_had_none_is_an_unbounded_ratio() {
+        let mut results = failed_results();
+        let rate = |median: f64| {
+            let mut row = row(MailCase::NoFlood, None, &[], None);
+            row.mails_per_s = Some(Summary::of(&[median]));
+            row
+        };
+        let generator = Some(Generator::Replayer.label().to_string());
+        results.rows = vec![
+            MailRow {
+                case: MailCase::MxguardGeneric.label().into(),
+                generator: generator.clone(),
+                ..rate(120.0)
+            },
+            MailRow {
+                case: MailCase::IptablesRecipe.label().into(),
+                generator,
+                ..rate(0.0)
+            },
+        ];
+        let ratio = results.ratio(
+            MailCase::MxguardGeneric,
+            MailCase::IptablesRecipe,
+            Some(Generator::Replayer),
+        );
+        assert_eq!(ratio, Some(f64::INFINITY));
+        let goal = &targets(&results)[1];
+        assert_eq!(goal.met, Some(true), "{goal:?}");
+        assert_eq!(
+            results.ratio(
+                MailCase::IptablesRecipe,
+                MailCase::MxguardGeneric,
+                Some(Generator::Replayer)
+            ),
+            Some(0.0)
+        );
     }
 
     #[test]
