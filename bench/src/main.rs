@@ -173,7 +173,7 @@ fn main() -> anyhow::Result<()> {
     // The mail section brings its own flood; a run of the user's captures skips it.
     let mail = (!args.no_mail && args.pcap.is_empty()).then(|| {
         mail::run(&MailOptions {
-            messages: if args.quick { 400 } else { 1500 },
+            messages: if args.quick { 400 } else { 1000 },
             sessions: 10,
             message_len: 1000,
             deadline: Duration::from_secs(if args.quick { 3 } else { 10 }),
@@ -181,7 +181,7 @@ fn main() -> anyhow::Result<()> {
             // for every case.
             flood_rate: Some(400_000.0),
             warmup: Duration::from_millis(if args.quick { 300 } else { 1000 }),
-            reps: if args.quick { 1 } else { 5 },
+            reps: if args.quick { 1 } else { 7 },
             test_run_repeat: if args.quick { 20_000 } else { 100_000 },
             seed: SEED,
         })
