@@ -209,19 +209,6 @@ impl Topology {
         })
     }
 
-    fn mac(&self, netns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
-        let json = netns.ip(&["-j", "link", "show", "dev", iface])?;
-        let value: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j link")?;
-        let text = value[0]["address"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no MAC for {iface}"))?;
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
-        }
-        Ok(mac)
-    }
-
     /// rx_packets of the receiving veth, from /proc/thread-self/net/dev read by a thread inside
     /// the namespace (no child process: the CPUs are busy with real-time threads).
     fn rx_packets(&self) -> anyhow::Result<u64> {
@@ -254,6 +241,20 @@ impl Topology {
             Receiver::Inline { cpu } => softirq_ns(cpu),
         }
     }
+}
+
+/// The MAC address of `iface` in `netns`.
+pub(crate) fn mac(netns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let json = netns.ip(&["-j", "link", "show", "dev", iface])?;
+    let value: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j link")?;
+    let text = value[0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no MAC for {iface}"))?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
+    }
+    Ok(mac)
 }
 
 /// Softirq time of `cpu` from /proc/stat (USER_HZ ticks, sampled by the scheduler tick when the
@@ -442,8 +443,8 @@ fn measure(
     let threaded = sender_cpu != receiver_cpu;
     let topology = Topology::new(threaded, receiver_cpu)?;
     let installed = install(case, &topology.rx, &topology.rx_if, allow)?;
-    let rx_mac = topology.mac(&topology.rx, &topology.rx_if)?;
-    let tx_mac = topology.mac(&topology.tx, &topology.tx_if)?;
+    let rx_mac = mac(&topology.rx, &topology.rx_if)?;
+    let tx_mac = mac(&topology.tx, &topology.tx_if)?;
     let frames: Vec<Vec<u8>> = frames
         .iter()
         .map(|frame| {

@@ -328,8 +328,8 @@ impl MailLab {
         // ports in TIME_WAIT.
         out.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         out.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-        let mx_mac = mac(&mx, &mx_if)?;
-        let out_mac = mac(&out, &out_if)?;
+        let mx_mac = flood::mac(&mx, &mx_if)?;
+        let out_mac = flood::mac(&out, &out_if)?;
         // Permanent neighbours: a drop-all that ate ARP would otherwise silently starve hping3
         // of its neighbour entry, and the flood would stop without an error.
         let text = |mac: [u8; 6]| {
@@ -443,9 +443,8 @@ impl MailLab {
         let mut rng = Rng::new(seed ^ 0x6d61_696c);
         (0..FLOOD_FRAMES)
             .map(|_| {
-                let [a, b, c] = FLOOD_NET;
-                let source = Ipv4Addr::new(a, b, c, 1 + rng.below(254) as u8);
-                let mut frame = traffic::syn(IpAddr::V4(source), SMTP, &mut rng).bytes();
+                let source = flood_source(1 + rng.below(254) as u8);
+                let mut frame = traffic::syn(source, SMTP, &mut rng).bytes();
                 frame[..6].copy_from_slice(&self.mx_mac);
                 frame[6..12].copy_from_slice(&self.out_mac);
                 frame
@@ -562,19 +561,6 @@ fn accepted(postfix: &Postfix) -> usize {
         .lines()
         .filter(|line| line.contains("postfix/cleanup[") && line.contains(": message-id="))
         .count()
-}
-
-fn mac(netns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
-    let json = netns.ip(&["-j", "link", "show", "dev", iface])?;
-    let value: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j link")?;
-    let text = value[0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no MAC for {iface}"))?;
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
-    }
-    Ok(mac)
 }
 
 /// What stands in front of Postfix for one case; removed on drop.
@@ -1014,14 +1000,21 @@ fn allowlist() -> Vec<Cidr> {
         .iter()
         .map(|relay| relay.parse::<Cidr>().expect("relay prefix"))
         .filter(|cidr| {
-            !cidr.contains(IpAddr::V4(Ipv4Addr::new(
-                FLOOD_NET[0],
-                FLOOD_NET[1],
-                FLOOD_NET[2],
-                1,
-            )))
+            let flood = flood_source(0);
+            // Two prefixes overlap exactly when one holds the other's first address.
+            !(cidr.contains(flood) || (cidr.prefix_len() >= 24 && flood_block(cidr.addr())))
         })
         .collect()
+}
+
+/// Host `host` of the flood's block.
+fn flood_source(host: u8) -> IpAddr {
+    let [a, b, c] = FLOOD_NET;
+    IpAddr::V4(Ipv4Addr::new(a, b, c, host))
+}
+
+fn flood_block(address: IpAddr) -> bool {
+    matches!(address, IpAddr::V4(v4) if v4.octets()[..3] == FLOOD_NET)
 }
 
 fn which(tool: &str) -> anyhow::Result<()> {
@@ -1224,15 +1217,12 @@ mod tests {
     fn the_allowlist_holds_the_relay_but_not_the_flood() {
         let allow = allowlist();
         assert!(allow.iter().any(|c| c.contains(IpAddr::V4(RELAY))));
-        for host in [1u8, 77, 254] {
-            let source = IpAddr::V4(Ipv4Addr::new(
-                FLOOD_NET[0],
-                FLOOD_NET[1],
-                FLOOD_NET[2],
-                host,
-            ));
+        for host in 0..=255 {
+            let source = flood_source(host);
             assert!(!allow.iter().any(|c| c.contains(source)), "{source}");
         }
+        // The relays' other prefixes stay (the IPv4 ones in 198.51.100.0/24, the IPv6 ones).
+        assert_eq!(allow.len(), traffic::RELAYS.len() - 3, "{allow:?}");
         let hping: IpAddr = HPING_SOURCE.parse().unwrap();
         assert!(!allow.iter().any(|c| c.contains(hping)));
     }
