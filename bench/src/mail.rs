@@ -272,7 +272,7 @@ pub fn targets(results: &MailResults) -> Vec<Target> {
         results.ratio(MailCase::MxguardGeneric, MailCase::FloorGeneric, generator),
         0.95,
         false,
-        "accepted mails/s, replayer flood, victim work on the victim's CPU through RPS",
+        "accepted mails/s under the replayer's flood, median of the per-repetition ratios",
     )];
     for case in [MailCase::MxguardGeneric, MailCase::MxguardNative] {
         targets.push(Target::new(
@@ -283,7 +283,7 @@ pub fn targets(results: &MailResults) -> Vec<Target> {
             results.ratio(case, MailCase::IptablesRecipe, generator),
             2.0,
             false,
-            "accepted mails/s, replayer flood; native XDP on veth drops on the sender's CPU",
+            "accepted mails/s under the replayer's flood, median of the per-repetition ratios",
         ));
     }
     targets
@@ -972,7 +972,15 @@ pub fn run(options: &MailOptions) -> MailResults {
             .map(|v| format!("Postfix {}", v.trim()))
             .unwrap_or_else(|e| format!("unknown ({e:#})")),
         hping3_version: netns::run(Command::new("hping3").arg("--version"))
-            .map(|v| v.lines().next().unwrap_or_default().trim().to_string())
+            .map(|v| {
+                let line = v.lines().next().unwrap_or_default();
+                // "hping3 version 3.0.0-alpha-2 ($Id: release.h,v 1.4 ...$)"
+                line.split(" ($Id")
+                    .next()
+                    .unwrap_or(line)
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_else(|e| format!("unknown ({e:#})")),
         bpf_stats,
         rows,

@@ -347,7 +347,7 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(out, "## Reproduce\n");
     out.push_str(
-        "```sh\ncargo xtask bench            # full run (about 22 minutes), rewrites this file\ncargo xtask bench --quick    # smoke run (under two minutes), writes target/bench/\ncargo xtask bench --pcap capture.pcap   # your traffic instead of the generated classes\n```\n\n",
+        "```sh\ncargo xtask bench            # full run (about 25 minutes), rewrites this file\ncargo xtask bench --quick    # smoke run (under two minutes), writes target/bench/\ncargo xtask bench --pcap capture.pcap   # your traffic instead of the generated classes\n```\n\n",
     );
     out.push_str(
         "As root, on Linux with XDP. `cargo xtask setup` (run by `bench` first) installs what it needs: \
