@@ -209,19 +209,6 @@ impl Topology {
         })
     }
 
-    fn mac(&self, netns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
-        let json = netns.ip(&["-j", "link", "show", "dev", iface])?;
-        let value: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j link")?;
-        let text = value[0]["address"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no MAC for {iface}"))?;
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
-        }
-        Ok(mac)
-    }
-
     /// rx_packets of the receiving veth, from /proc/thread-self/net/dev read by a thread inside
     /// the namespace (no child process: the CPUs are busy with real-time threads).
     fn rx_packets(&self) -> anyhow::Result<u64> {
@@ -256,9 +243,23 @@ impl Topology {
     }
 }
 
+/// The MAC address of `iface` in `netns`.
+pub(crate) fn mac(netns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let json = netns.ip(&["-j", "link", "show", "dev", iface])?;
+    let value: serde_json::Value = serde_json::from_str(&json).context("parsing ip -j link")?;
+    let text = value[0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no MAC for {iface}"))?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
+    }
+    Ok(mac)
+}
+
 /// Softirq time of `cpu` from /proc/stat (USER_HZ ticks, sampled by the scheduler tick when the
 /// kernel has no IRQ time accounting: unbiased, about 1% over a few seconds).
-fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
+pub(crate) fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let label = format!("cpu{cpu}");
     let ticks: u64 = text
@@ -275,7 +276,7 @@ fn softirq_ns(cpu: usize) -> anyhow::Result<u64> {
 }
 
 /// Turns on threaded NAPI for `iface` and pins its thread to `cpu`; returns the thread's pid.
-fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> {
+pub(crate) fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> {
     // A device's sysfs files are only visible in a sysfs mounted from its namespace, which
     // `ip netns exec` provides.
     let path = format!("/sys/class/net/{iface}/threaded");
@@ -317,15 +318,20 @@ fn threaded_napi(netns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<i32> 
 }
 
 /// What a case installed; removed on drop (before the namespaces go).
-enum Installed {
+pub(crate) enum Installed {
     None,
     Mxguard(Box<Filter>, String),
     Xdp(Box<Ebpf>, String, Option<XdpLinkId>),
 }
 
-fn install(case: Case, topology: &Topology, allow: &[Cidr]) -> anyhow::Result<Installed> {
-    let rx = &topology.rx;
-    let iface = topology.rx_if.clone();
+/// Installs `case` on `iface` in the receiving namespace `rx` (the mail benchmark shares it).
+pub(crate) fn install(
+    case: Case,
+    rx: &Netns,
+    iface: &str,
+    allow: &[Cidr],
+) -> anyhow::Result<Installed> {
+    let iface = iface.to_owned();
     let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) =
         allow.iter().partition(|c| matches!(c, Cidr::V4 { .. }));
     match case {
@@ -436,9 +442,9 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let threaded = sender_cpu != receiver_cpu;
     let topology = Topology::new(threaded, receiver_cpu)?;
-    let installed = install(case, &topology, allow)?;
-    let rx_mac = topology.mac(&topology.rx, &topology.rx_if)?;
-    let tx_mac = topology.mac(&topology.tx, &topology.tx_if)?;
+    let installed = install(case, &topology.rx, &topology.rx_if, allow)?;
+    let rx_mac = mac(&topology.rx, &topology.rx_if)?;
+    let tx_mac = mac(&topology.tx, &topology.tx_if)?;
     let frames: Vec<Vec<u8>> = frames
         .iter()
         .map(|frame| {

@@ -3,6 +3,7 @@
 //! drop-all, all measured in one run. See docs/benchmarks.md for results and method.
 
 pub mod flood;
+pub mod mail;
 pub mod micro;
 pub mod pcap;
 pub mod replay;
@@ -13,7 +14,8 @@ pub mod traffic;
 use anyhow::Context as _;
 use test_kit::netns;
 
-/// The reference programs (`bench-ebpf`: `bench_pass`, `bench_drop`), built by `build.rs`.
+/// The reference programs (`bench-ebpf`: `bench_pass`, `bench_drop`, `bench_floor`), built by
+/// `build.rs`.
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-ebpf"));
 

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use bench::{
     flood::{self, Case, FloodOptions},
+    mail::{self, MailOptions},
     micro::{self, MicroOptions},
     pcap, report,
     traffic::{self, Class},
@@ -42,6 +43,9 @@ struct Args {
     /// Skip the veth flood.
     #[arg(long)]
     no_flood: bool,
+    /// Skip the mail-under-flood section (Postfix, smtp-source, hping3).
+    #[arg(long)]
+    no_mail: bool,
     /// Flood: run the receiver as a threaded NAPI thread on its own CPU (default: in softirq on
     /// the sender's CPU, which avoids cross-CPU wake-ups that dominate on a VM).
     #[arg(long)]
@@ -167,11 +171,29 @@ fn main() -> anyhow::Result<()> {
         Some(flood::run(&options, &traffic, &Case::ALL)?)
     };
 
-    let targets = if args.pcap.is_empty() {
+    // The mail section brings its own flood; a run of the user's captures skips it.
+    let mail = (!args.no_mail && args.pcap.is_empty()).then(|| {
+        mail::run(&MailOptions {
+            messages: if args.quick { 400 } else { 1000 },
+            sessions: 10,
+            message_len: 1000,
+            deadline: Duration::from_secs(if args.quick { 3 } else { 10 }),
+            // A rate the generator's core sustains whatever the victim runs: the same flood
+            // for every case.
+            flood_rate: Some(400_000.0),
+            warmup: Duration::from_millis(if args.quick { 300 } else { 1000 }),
+            reps: if args.quick { 1 } else { 7 },
+            test_run_repeat: if args.quick { 20_000 } else { 100_000 },
+            seed: SEED,
+        })
+    });
+
+    let mut targets = if args.pcap.is_empty() {
         report::targets(micro.as_ref(), flood.as_ref())
     } else {
         Vec::new()
     };
+    targets.extend(mail.iter().flat_map(mail::targets));
     let mut command = String::from("cargo xtask bench");
     if args.quick {
         command += " --quick";
@@ -186,6 +208,7 @@ fn main() -> anyhow::Result<()> {
         traffic: traffic_info,
         micro,
         flood,
+        mail,
         targets,
     };
     println!("{}", report::terminal(&report));
@@ -198,7 +221,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let doc = args.doc.clone().unwrap_or_else(|| {
-        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood {
+        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood || args.no_mail {
             args.out.join("benchmarks.md")
         } else {
             PathBuf::from("docs/benchmarks.md")
@@ -212,6 +235,11 @@ fn main() -> anyhow::Result<()> {
         doc.display(),
         started.elapsed().as_secs_f64()
     );
+    // A case that could not be set up is in the table, and the run fails.
+    let failures = report.mail.as_ref().map(mail::MailResults::failures);
+    if let Some(failures) = failures.filter(|f| !f.is_empty()) {
+        bail!("mail under flood: {}", failures.join("; "));
+    }
     Ok(())
 }
 

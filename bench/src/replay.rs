@@ -1,7 +1,9 @@
 //! The replayer: sends frames as fast as one core can through an AF_PACKET socket with
 //! PACKET_QDISC_BYPASS (straight to the driver's xmit, no qdisc), in batches of `sendmmsg`.
 //! It runs on its own thread, inside the sending namespace, pinned to one CPU, until told to
-//! stop; the count of frames the kernel accepted is readable while it runs.
+//! stop; the count of frames the kernel accepted is readable while it runs. It sends as fast as
+//! it can, or paced to a fixed rate ([`Replayer::start_paced`]) so every contender meets the
+//! same flood.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -35,6 +37,17 @@ impl Replayer {
         frames: Vec<Vec<u8>>,
         cpu: usize,
     ) -> anyhow::Result<Replayer> {
+        Self::start_paced(netns_path, iface, frames, cpu, None)
+    }
+
+    /// As [`Replayer::start`], at most `rate` frames per second if given.
+    pub fn start_paced(
+        netns_path: String,
+        iface: String,
+        frames: Vec<Vec<u8>>,
+        cpu: usize,
+        rate: Option<f64>,
+    ) -> anyhow::Result<Replayer> {
         if frames.is_empty() {
             bail!("nothing to replay");
         }
@@ -65,7 +78,7 @@ impl Replayer {
                             return Err(error);
                         }
                     };
-                    send_loop(&socket, &frames, &stop, &sent)
+                    send_loop(&socket, &frames, &stop, &sent, rate)
                 })
                 .context("spawning the replayer thread")?
         };
@@ -167,7 +180,9 @@ fn send_loop(
     frames: &[Vec<u8>],
     stop: &AtomicBool,
     sent: &AtomicU64,
+    rate: Option<f64>,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     // One iovec per frame, built once; each batch points at the next BATCH of them.
     let mut iovecs: Vec<libc::iovec> = frames
         .iter()
@@ -203,7 +218,14 @@ fn send_loop(
                 _ => return Err(error).context("sendmmsg"),
             }
         } else {
-            sent.fetch_add(count as u64, Ordering::Relaxed);
+            let total = sent.fetch_add(count as u64, Ordering::Relaxed) + count as u64;
+            if let Some(rate) = rate {
+                // Ahead of the schedule: sleep (which also lets this CPU's softirq thread run).
+                let due = std::time::Duration::from_secs_f64(total as f64 / rate);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    thread::sleep(ahead);
+                }
+            }
         }
     }
     Ok(())

@@ -77,7 +77,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(name: String, measured: Option<f64>, bound: f64, upper: bool, note: &str) -> Target {
+    pub fn new(name: String, measured: Option<f64>, bound: f64, upper: bool, note: &str) -> Target {
         let met = measured.map(|m| if upper { m <= bound } else { m >= bound });
         Target {
             name,
@@ -121,6 +121,7 @@ pub struct Report {
     pub traffic: Vec<TrafficInfo>,
     pub micro: Option<MicroResults>,
     pub flood: Option<FloodResults>,
+    pub mail: Option<crate::mail::MailResults>,
     pub targets: Vec<Target>,
 }
 
@@ -341,6 +342,9 @@ pub fn terminal(report: &Report) -> String {
         );
         out.push_str(&flood_table(flood));
     }
+    if let Some(mail) = &report.mail {
+        out.push_str(&crate::mail::terminal(mail));
+    }
     if !report.targets.is_empty() {
         out.push_str("\nTargets\n\n");
         out.push_str(&targets_table(&report.targets));
@@ -376,7 +380,7 @@ pub fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(out, "## Reproduce\n");
     out.push_str(
-        "```sh\ncargo xtask bench            # full run, rewrites this file\ncargo xtask bench --quick    # smoke run: every case once, writes target/bench/\ncargo xtask bench --pcap capture.pcap   # your traffic instead of the generated classes\n```\n\n",
+        "```sh\ncargo xtask bench            # full run (about 25 minutes), rewrites this file\ncargo xtask bench --quick    # smoke run (under two minutes), writes target/bench/\ncargo xtask bench --pcap capture.pcap   # your traffic instead of the generated classes\n```\n\n",
     );
     out.push_str(
         "As root, on Linux with XDP. `cargo xtask setup` (run by `bench` first) installs what it needs: \
@@ -458,6 +462,9 @@ pub fn markdown(report: &Report) -> String {
              \"n× nftables\" in CPU per frame is out of reach on veth for any XDP program. On this shared \
              2-core VM the spreads are wide: compare medians of the same run only.\n\n",
         );
+    }
+    if let Some(mail) = &report.mail {
+        out.push_str(&crate::mail::markdown(mail));
     }
     if !report.targets.is_empty() {
         let _ = writeln!(out, "## Targets\n");
