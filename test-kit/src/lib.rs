@@ -5,6 +5,7 @@
 //! - [`lab`]: the mail-gateway topology of the namespace suites;
 //! - [`frames`]: test frames with the shapes the verdict rule cares about;
 //! - [`process`]: the real `mxguard` binary as a child process;
+//! - [`postfix`]: a private, real Postfix instance and a `swaks` runner;
 //! - with `loader`: [`program`] (load a configured filter, BPF_PROG_TEST_RUN), [`pins`]
 //!   (private bpffs pin directories), [`differential`] (program against the reference) and
 //!   [`notify`] (a NOTIFY_SOCKET for the daemon's systemd messages);
@@ -17,6 +18,7 @@
 pub mod frames;
 pub mod lab;
 pub mod netns;
+pub mod postfix;
 pub mod process;
 pub mod root;
 

@@ -163,7 +163,7 @@ impl Netns {
 
 /// A command running `program` in the network namespace `/run/netns/NAME` (see
 /// [`Netns::command`]).
-fn command_in(name: &str, program: impl AsRef<OsStr>) -> Command {
+pub fn command_in(name: &str, program: impl AsRef<OsStr>) -> Command {
     let path = format!("/run/netns/{name}");
     let mut command = Command::new(program);
     match File::open(&path) {
