@@ -166,7 +166,7 @@ pub async fn run(
                 if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
                     tracing::error!("updating the allowlist failed: {error:#}");
                 }
-                if let Some(milter) = &milter {
+                if let Some(milter) = &mut milter {
                     milter.set_allowlist(&update.wanted);
                 }
                 notifier.status(status_line(&plan, enforcer.action(), update.wanted.len()));
@@ -175,7 +175,7 @@ pub async fn run(
             () = interfaces.changed() => interfaces.check(&mut filter),
             _ = sighup.recv() => {
                 notifier.reloading();
-                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, milter.as_ref(), &plan, new)) {
+                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, milter.as_mut(), &plan, new)) {
                     Ok(new) => {
                         plan = new;
                         ticker = stats_ticker(&plan);
@@ -262,7 +262,7 @@ fn reconfigure(
     filter: &mut Filter,
     enforcer: &mut Enforcer,
     sources: &mut AllowSources,
-    milter: Option<&MilterHandle>,
+    milter: Option<&mut MilterHandle>,
     running: &RunPlan,
     new: RunPlan,
 ) -> anyhow::Result<RunPlan> {
@@ -293,7 +293,7 @@ fn reconfigure(
 
 /// Applies a reloaded milter policy, and the new sources' first allowlist if they changed.
 fn reconfigure_milter(
-    milter: Option<&MilterHandle>,
+    milter: Option<&mut MilterHandle>,
     new: &RunPlan,
     initial: Option<&BTreeSet<crate::cidr::Cidr>>,
 ) {
@@ -358,7 +358,7 @@ async fn run_milter_only(
                     let replacement = (new.allow != plan.allow || new.dns != plan.dns)
                         .then(|| AllowSources::start(&new, &BTreeSet::new()))
                         .transpose()?;
-                    reconfigure_milter(Some(&milter), &new, replacement.as_ref().map(|(initial, _)| initial));
+                    reconfigure_milter(Some(&mut milter), &new, replacement.as_ref().map(|(initial, _)| initial));
                     if let Some((_, replacement)) = replacement {
                         std::mem::replace(&mut sources, replacement).stop();
                     }

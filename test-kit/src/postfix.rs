@@ -242,6 +242,9 @@ impl Postfix {
             ("mydomain", "mxguard.test".to_owned()),
             ("mydestination", String::new()),
             ("biff", "no".to_owned()),
+            // No local delivery, so no aliases (Debian has no /etc/aliases.db here).
+            ("alias_maps", String::new()),
+            ("alias_database", String::new()),
             // No DNS from tests: no reverse lookups of clients, no lookups when relaying.
             ("smtpd_peername_lookup", "no".to_owned()),
             ("smtp_dns_support_level", "disabled".to_owned()),

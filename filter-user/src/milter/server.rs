@@ -39,6 +39,8 @@ pub struct MilterHandle {
     policy: watch::Sender<Arc<Policy>>,
     allowlist: watch::Sender<Arc<AllowSnapshot>>,
     stats: Arc<MilterStats>,
+    /// The allowlist the snapshot was built from.
+    current: BTreeSet<Cidr>,
     task: tokio::task::JoinHandle<()>,
     state_dir: PathBuf,
     status_write_failed: bool,
@@ -81,6 +83,7 @@ impl BoundMilter {
             policy,
             allowlist: allow,
             stats,
+            current: allowlist.clone(),
             task,
             state_dir: self.state_dir,
             status_write_failed: false,
@@ -101,10 +104,30 @@ impl MilterHandle {
         })
     }
 
-    /// The next messages are judged against `wanted` (the allowlist the maps get).
-    pub fn set_allowlist(&self, wanted: &BTreeSet<Cidr>) {
+    /// The next messages are judged against `wanted` (the allowlist the maps get); logged
+    /// when it differs from the last one.
+    pub fn set_allowlist(&mut self, wanted: &BTreeSet<Cidr>) {
+        if *wanted == self.current {
+            return;
+        }
         self.allowlist
             .send_replace(Arc::new(AllowSnapshot::new(wanted)));
+        let added: Vec<String> = wanted
+            .difference(&self.current)
+            .map(ToString::to_string)
+            .collect();
+        let removed: Vec<String> = self
+            .current
+            .difference(wanted)
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(
+            entries = wanted.len(),
+            ?added,
+            ?removed,
+            "milter allowlist updated"
+        );
+        self.current = wanted.clone();
     }
 
     /// The next messages follow `policy` (a reload).
@@ -113,7 +136,7 @@ impl MilterHandle {
     }
 
     pub fn allowlist_len(&self) -> usize {
-        self.allowlist.borrow().len()
+        self.current.len()
     }
 
     pub fn counts(&self) -> MilterCounts {
