@@ -368,7 +368,12 @@ fn milter_down_follows_milter_default_action() {
         .expect("reload");
     let sent = rig.direct_mail().run();
     assert_accepted(&sent, &rig);
-    assert_eq!(rig.postfix.hold_queue().expect("postqueue").len(), 1, "{}", rig.context());
+    assert_eq!(
+        rig.postfix.hold_queue().expect("postqueue").len(),
+        1,
+        "{}",
+        rig.context()
+    );
     // The milter back: checks resume.
     rig.mxguard = Some(start_mxguard(&rig.lab, &rig.state, &[]));
     let sent = rig.relay_mail().run();

@@ -14,7 +14,7 @@ use miltr_common::{
         headers::{AddHeader, ChangeHeader},
         quarantine::Quarantine,
     },
-    optneg::{Capability, MacroStage, OptNeg, Protocol},
+    optneg::{Capability, OptNeg, Protocol},
 };
 use miltr_server::Milter;
 use tokio::sync::watch;
@@ -197,14 +197,15 @@ impl Milter for MilterSession {
     type Error = std::convert::Infallible;
 
     /// Asks Postfix for only what the decision needs: no HELO, RCPT, DATA, body or unknown
-    /// commands (the body is never read, so the milter's cost does not grow with the mail),
-    /// and the macros `i` (queue id) and `{auth_authen}`, whatever main.cf's milter macro
-    /// lists say.
+    /// commands, so the milter's cost does not grow with the mail. The macros `i` and
+    /// `{auth_authen}` come from Postfix's default milter_*_macros lists (docs/operations.md
+    /// says to keep them); requesting them here would replace those lists, and clients such
+    /// as miltr-client cannot read an answer that carries macro requests.
     async fn option_negotiation(
         &mut self,
         theirs: OptNeg,
     ) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
-        let mut ours = OptNeg {
+        let ours = OptNeg {
             capabilities: Capability::SMFIF_ADDHDRS
                 | Capability::SMFIF_CHGHDRS
                 | Capability::SMFIF_QUARANTINE,
@@ -215,11 +216,6 @@ impl Milter for MilterSession {
                 | Protocol::NO_UNKNOWN,
             ..OptNeg::default()
         };
-        ours.macro_stages
-            .with_stage(MacroStage::MailFrom, &["i", "{auth_authen}"]);
-        ours.macro_stages
-            .with_stage(MacroStage::EndOfHeaders, &["i"]);
-        ours.macro_stages.with_stage(MacroStage::EndOfBody, &["i"]);
         ours.merge_compatible(&theirs)
             .map_err(|error| ProtocolError::CompatibilityError(error).into())
     }
