@@ -27,7 +27,7 @@ use super::{
 };
 
 /// What every connection reads: the live policy and allowlist (each a cheap `Arc` snapshot,
-/// replaced as a whole by the daemon) and the shared counters.
+/// replaced as a whole by the daemon, never waited for: D10) and the shared counters.
 #[derive(Clone, Debug)]
 pub struct Shared {
     pub policy: watch::Receiver<Arc<Policy>>,
