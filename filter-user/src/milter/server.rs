@@ -223,7 +223,7 @@ async fn serve(listener: Listener, shared: Shared, limit: Arc<Semaphore>) {
         let accepted = match &listener {
             Listener::Tcp(tcp) => tcp.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                (Stream::Tcp(stream), peer.to_string())
+                (Stream::Tcp(QuickAck(stream)), peer.to_string())
             }),
             Listener::Unix(unix) => unix
                 .accept()
@@ -267,8 +267,71 @@ async fn serve(listener: Listener, shared: Shared, limit: Arc<Semaphore>) {
 }
 
 enum Stream {
-    Tcp(tokio::net::TcpStream),
+    Tcp(QuickAck),
     Unix(tokio::net::UnixStream),
+}
+
+/// A milter TCP connection that acknowledges at once whatever it reads. Postfix sends a
+/// macro packet (which gets no answer) right before most commands, as two writes on a socket
+/// with Nagle's algorithm on: the command waits for the ACK of the macros, which a delayed
+/// ACK holds back for up to 40 ms. Measured: 50 ms per message on loopback without this.
+struct QuickAck(tokio::net::TcpStream);
+
+impl QuickAck {
+    fn ack_now(&self) {
+        use std::os::fd::AsRawFd as _;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket this struct owns, with a pointer to a live c_int and
+        // its size; the kernel clears TCP_QUICKACK by itself, hence after every read.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&raw const on).cast(),
+                std::mem::size_of_val(&on) as libc::socklen_t,
+            );
+        }
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.ack_now();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Serves one connection to its end; an error ends only this connection.
