@@ -3,6 +3,7 @@
 //! drop-all, all measured in one run. See docs/benchmarks.md for results and method.
 
 pub mod flood;
+pub mod mail;
 pub mod micro;
 pub mod pcap;
 pub mod replay;

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use bench::{
     flood::{self, Case, FloodOptions},
+    mail::{self, MailOptions},
     micro::{self, MicroOptions},
     pcap, report,
     traffic::{self, Class},
@@ -41,6 +42,9 @@ struct Args {
     /// Skip the veth flood.
     #[arg(long)]
     no_flood: bool,
+    /// Skip the mail benchmark (Postfix with and without the milter).
+    #[arg(long)]
+    no_mail: bool,
     /// Flood: run the receiver as a threaded NAPI thread on its own CPU (default: in softirq on
     /// the sender's CPU, which avoids cross-CPU wake-ups that dominate on a VM).
     #[arg(long)]
@@ -166,11 +170,21 @@ fn main() -> anyhow::Result<()> {
         Some(flood::run(&options, &traffic, &Case::ALL)?)
     };
 
-    let targets = if args.pcap.is_empty() {
+    let mail = (!args.no_mail)
+        .then(|| {
+            mail::run(&MailOptions {
+                messages: if args.quick { 300 } else { 2000 },
+                sessions: 10,
+                reps: if args.quick { 2 } else { 5 },
+            })
+        })
+        .transpose()?;
+    let mut targets = if args.pcap.is_empty() {
         report::targets(micro.as_ref(), flood.as_ref())
     } else {
         Vec::new()
     };
+    targets.extend(mail.as_ref().map(mail::target));
     let mut command = String::from("cargo xtask bench");
     if args.quick {
         command += " --quick";
@@ -185,6 +199,7 @@ fn main() -> anyhow::Result<()> {
         traffic: traffic_info,
         micro,
         flood,
+        mail,
         targets,
     };
     println!("{}", report::terminal(&report));
@@ -197,7 +212,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let doc = args.doc.clone().unwrap_or_else(|| {
-        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood {
+        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood || args.no_mail {
             args.out.join("benchmarks.md")
         } else {
             PathBuf::from("docs/benchmarks.md")

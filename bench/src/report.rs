@@ -112,6 +112,7 @@ pub struct Report {
     pub traffic: Vec<TrafficInfo>,
     pub micro: Option<MicroResults>,
     pub flood: Option<FloodResults>,
+    pub mail: Option<crate::mail::MailResults>,
     pub targets: Vec<Target>,
 }
 
@@ -308,6 +309,10 @@ pub fn terminal(report: &Report) -> String {
         );
         out.push_str(&flood_table(flood));
     }
+    if let Some(mail) = &report.mail {
+        out.push_str("\nMail (Postfix, smtp-source)\n\n");
+        out.push_str(&crate::mail::table(mail));
+    }
     if !report.targets.is_empty() {
         out.push_str("\nTargets\n\n");
         out.push_str(&targets_table(&report.targets));
@@ -414,6 +419,9 @@ pub fn markdown(report: &Report) -> String {
              is the rate one receiver core could absorb. On this shared 2-core VM the spreads are wide: \
              compare medians of the same run only.\n\n",
         );
+    }
+    if let Some(mail) = &report.mail {
+        out.push_str(&crate::mail::markdown(mail));
     }
     if !report.targets.is_empty() {
         let _ = writeln!(out, "## Targets\n");
