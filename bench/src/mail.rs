@@ -186,18 +186,19 @@ fn wait_drained(postfix: &Postfix) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The issue's target: the milter costs at most 10% of Postfix's rate.
+/// The issue's target: the milter costs at most 10% of Postfix's rate, i.e. Postfix keeps at
+/// least 0.90 of its rate with the milter.
 pub fn target(results: &MailResults) -> Target {
-    let measured = results.cost_pct;
     Target {
-        name: "milter cost: Postfix msgs/s lost with mxguard's milter (%)".into(),
-        measured: Some(measured),
-        bound: 10.0,
-        upper: true,
-        met: Some(measured <= 10.0),
-        note: "the milter answers each message from memory; what it adds is the milter \
-               protocol's round trips per SMTP session and message in Postfix's smtpd and \
-               cleanup"
+        name: "Postfix msgs/s with mxguard's milter / without (at least 0.90)".into(),
+        measured: Some(results.ratio),
+        bound: 0.9,
+        upper: false,
+        met: Some(results.ratio >= 0.9),
+        note: "mxguard's own CPU per message is negligible; the cost is the milter protocol's \
+               round trips in Postfix's smtpd and cleanup (one per header: miltr-server \
+               answers every header, so SMFIP_NR_HDR cannot be offered), doubled by a fresh \
+               SMTP session and milter connection per message"
             .into(),
     }
 }
