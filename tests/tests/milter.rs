@@ -158,7 +158,7 @@ fn assert_refused(sent: &SwaksOutcome, reply: &str, rig: &Rig) {
 
 #[test]
 fn relay_with_the_headers_is_delivered() {
-    let mut rig = Rig::new(&[]);
+    let mut rig = Rig::new(&["--metrics-addr", "127.0.0.1:9725"]);
     let sent = rig.relay_mail().run();
     assert_accepted(&sent, &rig);
     let delivered = rig
@@ -176,6 +176,18 @@ fn relay_with_the_headers_is_delivered() {
         delivered[0]
     );
     rig.wait_counters("accepted=1", |m| m["accepted"] == 1 && m["missing"] == 0);
+    let metrics = test_kit::process::scrape_metrics(
+        &rig.lab.server,
+        "127.0.0.1:9725".parse().expect("address"),
+    );
+    assert!(
+        metrics.contains("mxguard_milter_verdicts_total{verdict=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mxguard_milter_connections_total{event=\"opened\"}"),
+        "{metrics}"
+    );
     let log = rig.mxguard().log();
     assert!(
         !log.contains("verdict="),
