@@ -195,10 +195,10 @@ pub fn target(results: &MailResults) -> Target {
         bound: 0.9,
         upper: false,
         met: Some(results.ratio >= 0.9),
-        note: "mxguard's own CPU per message is negligible; the cost is the milter protocol's \
-               round trips in Postfix's smtpd and cleanup (one per header: miltr-server \
-               answers every header, so SMFIP_NR_HDR cannot be offered), doubled by a fresh \
-               SMTP session and milter connection per message"
+        note: "the milter's CPU competes with Postfix on a small host, and the milter protocol \
+               costs round trips in Postfix's smtpd and cleanup (one per header: miltr-server \
+               answers every header, so SMFIP_NR_HDR cannot be offered), with a fresh SMTP \
+               session and milter connection per message"
             .into(),
     }
 }
