@@ -4,6 +4,7 @@
 
 pub mod flood;
 pub mod mail;
+pub mod milter_cost;
 pub mod micro;
 pub mod pcap;
 pub mod replay;
