@@ -4,8 +4,8 @@
 
 pub mod flood;
 pub mod mail;
-pub mod milter_cost;
 pub mod micro;
+pub mod milter_cost;
 pub mod pcap;
 pub mod replay;
 pub mod report;

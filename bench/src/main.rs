@@ -10,8 +10,8 @@ use anyhow::{Context as _, bail};
 use bench::{
     flood::{self, Case, FloodOptions},
     mail::{self, MailOptions},
-    milter_cost::{self, MilterCostOptions},
     micro::{self, MicroOptions},
+    milter_cost::{self, MilterCostOptions},
     pcap, report,
     traffic::{self, Class},
 };
@@ -236,7 +236,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let doc = args.doc.clone().unwrap_or_else(|| {
-        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood || args.no_mail || args.no_milter {
+        if args.quick
+            || !args.pcap.is_empty()
+            || args.no_micro
+            || args.no_flood
+            || args.no_mail
+            || args.no_milter
+        {
             args.out.join("benchmarks.md")
         } else {
             PathBuf::from("docs/benchmarks.md")

@@ -83,14 +83,23 @@ struct Mta {
 enum Answered {
     /// At the end of the message, with these modifications.
     Accepted(Vec<ModificationAction>),
-    /// Refused at the end of the headers with this SMTP reply.
+    /// Refused at the end of the message with this SMTP reply: the answer to the end of the
+    /// headers was one the MTA agreed to go without (SMFIP_NR_EOH, docs/milter.md D11).
     Refused(String),
+    /// Refused at the end of the headers: an MTA that offered no no-reply steps.
+    RefusedAtEndOfHeaders(String),
 }
 
 impl Mta {
     /// Connects, negotiates as Postfix does (offering every protocol flag) and sends the
     /// SMTP client's address.
     async fn open(server: &Server, client: &str) -> Mta {
+        Mta::open_offering(server, client, Protocol::all()).await
+    }
+
+    /// As [`Mta::open`], offering only `protocol` (an MTA without the no-reply steps answers
+    /// a refusal at the end of the headers).
+    async fn open_offering(server: &Server, client: &str, protocol: Protocol) -> Mta {
         // Connected asynchronously: the server runs on this runtime too.
         let stream = tokio::net::TcpStream::connect(server.addr)
             .await
@@ -102,7 +111,7 @@ impl Mta {
             .expect("tokio stream")
             .compat();
         let options = OptNeg {
-            protocol: Protocol::all(),
+            protocol,
             ..OptNeg::default()
         };
         let mut connection = Client::new(options)
@@ -160,32 +169,37 @@ impl Mta {
     }
 
     /// One whole message: MAIL, the headers, end of headers and (unless refused there) the
-    /// end of the message.
+    /// end of the message. With the no-reply steps negotiated, a refusal comes at the end of
+    /// the message; without, at the end of the headers.
     async fn message(&mut self, headers: &[(&str, &str)]) -> Answered {
         self.start_message(headers).await;
         match self.connection.end_of_header().await {
             Ok(()) => {}
             Err(ResponseError::Unexpected(ServerCommand::Replycode(reply))) => {
-                let code: String = reply.rcode().code().iter().map(u8::to_string).collect();
-                let enhanced: Vec<String> = reply
-                    .xcode()
-                    .iter()
-                    .flat_map(|x| x.code())
-                    .map(|n| n.to_string())
-                    .collect();
-                let reply = format!("{code} {} {}", enhanced.join("."), reply.message());
-                return Answered::Refused(reply);
+                return Answered::RefusedAtEndOfHeaders(reply_text(&reply));
             }
             Err(error) => panic!("end of headers: {error}"),
         }
         let response: ModificationResponse =
             self.connection.end_of_body().await.expect("end of message");
-        assert!(
-            matches!(response.final_action(), Action::Continue(_)),
-            "{response:?}"
-        );
-        Answered::Accepted(response.modifications().to_vec())
+        match response.final_action() {
+            Action::Continue(_) => Answered::Accepted(response.modifications().to_vec()),
+            Action::Replycode(reply) => Answered::Refused(reply_text(reply)),
+            other => panic!("end of message answered {other:?}"),
+        }
     }
+}
+
+/// "550 5.7.1 text", as Postfix would show it.
+fn reply_text(reply: &miltr_common::actions::Replycode) -> String {
+    let code: String = reply.rcode().code().iter().map(u8::to_string).collect();
+    let enhanced: Vec<String> = reply
+        .xcode()
+        .iter()
+        .flat_map(|x| x.code())
+        .map(|n| n.to_string())
+        .collect();
+    format!("{code} {} {}", enhanced.join("."), reply.message())
 }
 
 fn assert_accepted(answered: &Answered) {
@@ -220,6 +234,33 @@ async fn an_authenticated_session_is_exempt_for_all_its_messages() {
     );
     let counts = server.counts();
     assert_eq!((counts.exempt, counts.missing), (2, 1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mta_without_the_no_reply_steps_gets_every_answer() {
+    let server = Server::start(16, MilterAction::Reject);
+    let old_style = Protocol::all()
+        - (Protocol::NR_CONNECT
+            | Protocol::NR_HELO
+            | Protocol::NR_MAIL
+            | Protocol::NR_RECIPIENT
+            | Protocol::NR_HEADER
+            | Protocol::NR_END_OF_HEADER
+            | Protocol::NR_DATA
+            | Protocol::NR_BODY
+            | Protocol::NR_UNKNOWN);
+    let mut mta = Mta::open_offering(&server, DIRECT, old_style).await;
+    let answered = mta.message(&[]).await;
+    assert!(
+        matches!(&answered, Answered::RefusedAtEndOfHeaders(text)
+            if text.starts_with("550 5.7.1 no X-MS.com-server header")),
+        "without SMFIP_NR_EOH the refusal answers the end of the headers: {answered:?}"
+    );
+    mta.abort();
+    let mut relay = Mta::open_offering(&server, RELAY, old_style).await;
+    assert_accepted(&relay.message(BOTH).await);
+    let counts = server.counts();
+    assert_eq!((counts.accepted, counts.missing), (1, 1), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

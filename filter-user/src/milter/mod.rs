@@ -5,7 +5,8 @@
 //!
 //! - [`decision`]: the pure decision (session facts, headers, policy, allowlist snapshot);
 //! - [`outcome`]: a verdict and the configured action -> what to answer the MTA;
-//! - [`session`]: the milter protocol glue for one connection (miltr-server);
+//! - [`session`]: the milter callbacks for one connection (miltr-server's `Milter` trait);
+//! - [`wire`]: the connection loop, which leaves out the answers the MTA agreed to miss;
 //! - [`server`]: the listener, the connection bound, the handle the daemon keeps;
 //! - [`stats`]: the verdict counters, their metrics and the file `status` reads.
 
@@ -14,6 +15,7 @@ pub mod outcome;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod wire;
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 

@@ -15,7 +15,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{Semaphore, watch},
 };
-use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::{
     AllowSnapshot, MilterEndpoint, MilterSettings, Policy,
@@ -341,9 +340,8 @@ where
 {
     let stats = shared.stats.clone();
     let mut milter = MilterSession::new(shared);
-    let mut server = miltr_server::Server::new(&mut milter, false, MAX_PACKET);
-    if let Err(error) = server.handle_connection(stream.compat()).await {
+    if let Err(error) = super::wire::serve(stream, &mut milter, MAX_PACKET).await {
         stats.count_connection(ConnectionEvent::Error);
-        tracing::info!(peer, "milter connection closed on an error: {error}");
+        tracing::info!(peer, "milter connection closed on an error: {error:#}");
     }
 }
