@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use test_kit::{
-    dns_server::{TestDns, bind_pair},
+    dns_server,
     lab::MailLab,
     postfix::{Postfix, PostfixConfig, Swaks, SwaksOutcome},
     process::{Daemon, ScratchDir, mxguard_bin, status_json},
@@ -435,19 +435,7 @@ fn sighup_changes_the_required_headers_for_the_next_mail() {
 fn an_allowlist_change_from_dns_decides_the_next_mail() {
     require_root();
     let lab = MailLab::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (udp, tcp) = lab
-        .server
-        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
-        .expect("entering the server's namespace");
-    let dns = {
-        let _inside = runtime.enter();
-        TestDns::serve(udp, tcp)
-    };
+    let (_runtime, dns) = dns_server::serve_in(&lab.server);
     // The service's name points at the relay host.
     dns.set(
         "relay.mail-scanning.test",
