@@ -5,6 +5,7 @@
 pub mod flood;
 pub mod mail;
 pub mod micro;
+pub mod milter_cost;
 pub mod pcap;
 pub mod replay;
 pub mod report;

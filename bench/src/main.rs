@@ -11,6 +11,7 @@ use bench::{
     flood::{self, Case, FloodOptions},
     mail::{self, MailOptions},
     micro::{self, MicroOptions},
+    milter_cost::{self, MilterCostOptions},
     pcap, report,
     traffic::{self, Class},
 };
@@ -46,6 +47,9 @@ struct Args {
     /// Skip the mail-under-flood section (Postfix, smtp-source, hping3).
     #[arg(long)]
     no_mail: bool,
+    /// Skip the milter's cost (Postfix with and without mxguard's milter).
+    #[arg(long)]
+    no_milter: bool,
     /// Flood: run the receiver as a threaded NAPI thread on its own CPU (default: in softirq on
     /// the sender's CPU, which avoids cross-CPU wake-ups that dominate on a VM).
     #[arg(long)]
@@ -188,12 +192,22 @@ fn main() -> anyhow::Result<()> {
         })
     });
 
+    let milter = (!args.no_milter && args.pcap.is_empty())
+        .then(|| {
+            milter_cost::run(&MilterCostOptions {
+                messages: if args.quick { 300 } else { 2000 },
+                sessions: 10,
+                reps: if args.quick { 2 } else { 5 },
+            })
+        })
+        .transpose()?;
     let mut targets = if args.pcap.is_empty() {
         report::targets(micro.as_ref(), flood.as_ref())
     } else {
         Vec::new()
     };
     targets.extend(mail.iter().flat_map(mail::targets));
+    targets.extend(milter.as_ref().map(milter_cost::target));
     let mut command = String::from("cargo xtask bench");
     if args.quick {
         command += " --quick";
@@ -209,6 +223,7 @@ fn main() -> anyhow::Result<()> {
         micro,
         flood,
         mail,
+        milter,
         targets,
     };
     println!("{}", report::terminal(&report));
@@ -221,7 +236,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let doc = args.doc.clone().unwrap_or_else(|| {
-        if args.quick || !args.pcap.is_empty() || args.no_micro || args.no_flood || args.no_mail {
+        if args.quick
+            || !args.pcap.is_empty()
+            || args.no_micro
+            || args.no_flood
+            || args.no_mail
+            || args.no_milter
+        {
             args.out.join("benchmarks.md")
         } else {
             PathBuf::from("docs/benchmarks.md")

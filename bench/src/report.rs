@@ -122,6 +122,7 @@ pub struct Report {
     pub micro: Option<MicroResults>,
     pub flood: Option<FloodResults>,
     pub mail: Option<crate::mail::MailResults>,
+    pub milter: Option<crate::milter_cost::MilterCostResults>,
     pub targets: Vec<Target>,
 }
 
@@ -345,6 +346,10 @@ pub fn terminal(report: &Report) -> String {
     if let Some(mail) = &report.mail {
         out.push_str(&crate::mail::terminal(mail));
     }
+    if let Some(milter) = &report.milter {
+        out.push_str("\nThe milter's cost (Postfix, smtp-source)\n\n");
+        out.push_str(&crate::milter_cost::table(milter));
+    }
     if !report.targets.is_empty() {
         out.push_str("\nTargets\n\n");
         out.push_str(&targets_table(&report.targets));
@@ -465,6 +470,9 @@ pub fn markdown(report: &Report) -> String {
     }
     if let Some(mail) = &report.mail {
         out.push_str(&crate::mail::markdown(mail));
+    }
+    if let Some(milter) = &report.milter {
+        out.push_str(&crate::milter_cost::markdown(milter));
     }
     if !report.targets.is_empty() {
         let _ = writeln!(out, "## Targets\n");

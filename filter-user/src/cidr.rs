@@ -107,13 +107,13 @@ impl Cidr {
     }
 }
 
-fn v4_mask(prefix_len: u8) -> u32 {
+pub(crate) fn v4_mask(prefix_len: u8) -> u32 {
     u32::MAX
         .checked_shl(32 - u32::from(prefix_len))
         .unwrap_or(0)
 }
 
-fn v6_mask(prefix_len: u8) -> u128 {
+pub(crate) fn v6_mask(prefix_len: u8) -> u128 {
     u128::MAX
         .checked_shl(128 - u32::from(prefix_len))
         .unwrap_or(0)

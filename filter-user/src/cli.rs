@@ -17,6 +17,7 @@ use crate::{
     cidr::{Cidr, parse_allow_file},
     dns::{self, DnsSettings, Dnssec, Guards, HostName, RefreshPolicy, guards},
     links::{AttachMode, DEFAULT_PIN_DIR, interface_index},
+    milter::{HeaderName, MilterAction, MilterEndpoint, MilterSettings},
 };
 
 /// mxguard: drop SMTP SYNs that do not come from your mail-filtering service, in XDP.
@@ -99,7 +100,8 @@ pub struct RunArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Interface to protect (repeatable). The filter sees frames arriving on it.
+    /// Interface to protect (repeatable). The filter sees frames arriving on it. Optional
+    /// with --milter: without any, mxguard runs only the milter (for hosts without XDP).
     #[arg(long, value_name = "IF")]
     pub iface: Vec<String>,
 
@@ -211,6 +213,39 @@ pub struct RunArgs {
     /// would-be drops until it holds an address.
     #[arg(long)]
     pub strict: bool,
+
+    /// Serve the header-check milter for Postfix or Sendmail here: `inet:ADDR:PORT`
+    /// (`inet:[IPV6]:PORT`) or `unix:PATH`. Off unless set. See docs/milter.md.
+    #[arg(long, value_name = "inet:ADDR:PORT|unix:PATH", value_parser = checked::<MilterEndpoint>)]
+    pub milter: Option<MilterEndpoint>,
+
+    /// Header the filtering service adds to every mail it relays (repeatable; names match
+    /// case-insensitively). A mail without one of them did not come through the service.
+    #[arg(long, value_name = "NAME", value_parser = checked::<HeaderName>,
+          default_values = ["X-MS.com-server", "X-MS.com-version"])]
+    pub milter_require_header: Vec<HeaderName>,
+
+    /// Clients the milter never checks (repeatable): local submissions (Postfix reports them
+    /// as 127.0.0.1) and other trusted senders. SMTP-AUTH sessions are always exempt.
+    #[arg(long, value_name = "CIDR", value_parser = checked::<Cidr>,
+          default_values = ["127.0.0.0/8", "::1"])]
+    pub milter_exempt: Vec<Cidr>,
+
+    /// What to do with a mail missing a required header: `reject` (550 5.7.1), `tempfail`
+    /// (451 4.7.1), `quarantine` (Postfix's hold queue), `discard` (accept and silently
+    /// drop: the mail is lost), or `tag` (add X-Mxguard-Verdict: missing and accept).
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "reject")]
+    pub milter_missing: MilterAction,
+
+    /// What to do with a mail carrying the headers from a client that is not an allowlisted
+    /// relay (copied headers): same choices as --milter-missing.
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "reject")]
+    pub milter_forged: MilterAction,
+
+    /// At most this many milter connections at once (Postfix opens one per SMTP session);
+    /// beyond it a connection is closed at once and Postfix applies milter_default_action.
+    #[arg(long, value_name = "N", default_value_t = crate::milter::DEFAULT_MAX_CONNECTIONS)]
+    pub milter_max_connections: usize,
 
     /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
     /// nothing is mounted there yet).
@@ -381,7 +416,14 @@ macro_rules! serde_as_text {
     )*};
 }
 
-serde_as_text!(TextDuration, DnsServer, Cidr, HostName);
+serde_as_text!(
+    TextDuration,
+    DnsServer,
+    Cidr,
+    HostName,
+    MilterEndpoint,
+    HeaderName
+);
 
 /// Everything `run` needs, validated: nothing is loaded or attached before this exists. It
 /// keeps the options as given and adds what is derived from several of them.
@@ -395,14 +437,20 @@ pub struct RunPlan {
     pub action: filter_common::Action,
     /// The DNS side, when there is at least one --allow-host.
     pub dns: Option<DnsSettings>,
+    /// The header-check milter, when --milter is given.
+    pub milter: Option<MilterSettings>,
 }
 
 impl RunArgs {
     /// Checks what involves several options or the system (interfaces exist, allow files are
     /// readable) and derives the plan. Any error names the bad input.
     pub fn plan(&self) -> anyhow::Result<RunPlan> {
-        if self.iface.is_empty() {
-            bail!("no interface to protect: give --iface or set `iface` in the config file");
+        let milter = self.milter_settings()?;
+        if self.iface.is_empty() && milter.is_none() {
+            bail!(
+                "no interface to protect: give --iface or set `iface` in the config file \
+                 (or --milter alone, for the milter without the XDP filter)"
+            );
         }
         let mut seen = BTreeSet::new();
         for iface in &self.iface {
@@ -431,7 +479,39 @@ impl RunArgs {
             mode: self.mode.into(),
             action: self.action.into(),
             dns: self.dns_settings()?,
+            milter,
         })
+    }
+
+    /// Validates the milter arguments; `None` without --milter.
+    fn milter_settings(&self) -> anyhow::Result<Option<MilterSettings>> {
+        let Some(endpoint) = &self.milter else {
+            return Ok(None);
+        };
+        if self.milter_require_header.is_empty() {
+            bail!("--milter needs at least one --milter-require-header");
+        }
+        let mut seen = BTreeSet::new();
+        for name in &self.milter_require_header {
+            if !seen.insert(name.as_str().to_ascii_lowercase()) {
+                bail!("required header {:?} given twice", name.as_str());
+            }
+        }
+        if self.milter_max_connections == 0 {
+            bail!("--milter-max-connections must be more than 0");
+        }
+        Ok(Some(MilterSettings {
+            endpoint: endpoint.clone(),
+            policy: crate::milter::Policy {
+                rules: crate::milter::Rules {
+                    required: self.milter_require_header.clone(),
+                    exempt: self.milter_exempt.clone(),
+                },
+                on_missing: self.milter_missing,
+                on_forged: self.milter_forged,
+            },
+            max_connections: self.milter_max_connections,
+        }))
     }
 
     /// Validates the DNS arguments; `None` without --allow-host.
@@ -880,6 +960,94 @@ mod tests {
         std::fs::remove_file(&anchor).unwrap();
         assert!(with(&["--dns-dnssec", "maybe"]).contains("invalid value"));
         assert!(with(&["--dns-allow-within", "192.0.2.1/8"]).contains("host bits"));
+    }
+
+    #[test]
+    fn milter_arguments_become_settings() {
+        let plan = run_args(&[
+            "--milter",
+            "inet:127.0.0.1:9900",
+            "--milter-require-header",
+            "X-Relay",
+            "--milter-exempt",
+            "198.51.100.0/24",
+            "--milter-missing",
+            "quarantine",
+            "--milter-forged",
+            "tag",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap();
+        assert!(plan.options.iface.is_empty(), "milter-only mode");
+        let milter = plan.milter.expect("milter settings");
+        assert_eq!(milter.endpoint.to_string(), "inet:127.0.0.1:9900");
+        assert_eq!(milter.policy.rules.required, ["X-Relay".parse().unwrap()]);
+        assert_eq!(
+            milter.policy.rules.exempt,
+            ["198.51.100.0/24".parse().unwrap()]
+        );
+        assert_eq!(milter.policy.on_missing, MilterAction::Quarantine);
+        assert_eq!(milter.policy.on_forged, MilterAction::Tag);
+    }
+
+    #[test]
+    fn milter_defaults() {
+        let plan = run_args(&["--milter", "unix:/run/mxguard/milter.sock"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        let milter = plan.milter.unwrap();
+        let required: Vec<&str> = milter
+            .policy
+            .rules
+            .required
+            .iter()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(required, ["X-MS.com-server", "X-MS.com-version"]);
+        let exempt: Vec<String> = milter
+            .policy
+            .rules
+            .exempt
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(exempt, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(milter.policy.on_missing, MilterAction::Reject);
+        assert_eq!(milter.policy.on_forged, MilterAction::Reject);
+        assert_eq!(
+            run_args(&["--iface", "lo"]).unwrap().plan().unwrap().milter,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_milter_arguments_are_rejected() {
+        assert!(
+            plan_error(&["--milter", "tcp:127.0.0.1:1"]).contains("inet:ADDR:PORT or unix:PATH")
+        );
+        assert!(plan_error(&["--milter", "inet:localhost:1"]).contains("IP address"));
+        assert!(plan_error(&["--milter", "inet:127.0.0.1:0"]).contains("port 0"));
+        assert!(plan_error(&["--milter", "unix:relative.sock"]).contains("absolute"));
+        let milter = ["--milter", "inet:127.0.0.1:9900"];
+        let with = |extra: &[&str]| {
+            let mut args = milter.to_vec();
+            args.extend_from_slice(extra);
+            plan_error(&args)
+        };
+        assert!(with(&["--milter-require-header", "X Bad"]).contains("X Bad"));
+        assert!(
+            with(&[
+                "--milter-require-header",
+                "x-a",
+                "--milter-require-header",
+                "X-A"
+            ])
+            .contains("given twice")
+        );
+        assert!(with(&["--milter-missing", "bounce"]).contains("bounce"));
+        assert!(with(&["--milter-max-connections", "0"]).contains("more than 0"));
     }
 
     #[test]

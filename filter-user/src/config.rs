@@ -106,6 +106,10 @@ pub fn check_reloadable(running: &RunPlan, new: &RunPlan) -> anyhow::Result<()> 
     if running.metrics_addr != new.metrics_addr {
         bail!("metrics-addr changes only with a restart");
     }
+    if running.milter != new.milter || running.milter_max_connections != new.milter_max_connections
+    {
+        bail!("milter and milter-max-connections change only with a restart");
+    }
     Ok(())
 }
 
@@ -139,6 +143,7 @@ strict = true
             dns_timeout: Some("2s".parse().unwrap()),
             dns_trust_anchor: Some("/etc/mxguard/anchor.key".into()),
             metrics_addr: Some("127.0.0.1:9725".parse().unwrap()),
+            milter: Some("inet:127.0.0.1:9900".parse().unwrap()),
             ..RunArgs::default()
         }
     }

@@ -12,6 +12,7 @@ use crate::{
     filter::Filter,
     links::{AttachOutcome, PinDir, PinPersistence, detach_unconfigured},
     metrics,
+    milter::MilterHandle,
     netwatch::InterfaceWatch,
     notify::{Notifier, status_line},
     samples::DropSamples,
@@ -24,15 +25,44 @@ pub async fn run(
     plan: RunPlan,
     reload: impl Fn() -> anyhow::Result<RunPlan>,
 ) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // Bind the metrics port before touching the kernel: a taken port is a config error.
     if let Some(addr) = plan.options.metrics_addr {
         metrics::serve(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
+    // Likewise the milter's endpoint; it serves once the allowlist is known.
+    let bound_milter = plan
+        .milter
+        .as_ref()
+        .map(|settings| MilterHandle::bind(settings, &plan.options.state_dir))
+        .transpose()?;
+    if plan.options.iface.is_empty() {
+        let bound = bound_milter.expect("the plan requires --milter without --iface");
+        return run_milter_only(
+            plan,
+            reload,
+            bound,
+            Signals {
+                sigint,
+                sigterm,
+                sighup,
+            },
+        )
+        .await;
+    }
+    let Signals {
+        mut sigint,
+        mut sigterm,
+        mut sighup,
+    } = Signals {
+        sigint,
+        sigterm,
+        sighup,
+    };
     let pins = PinDir::new(&plan.options.pin_dir);
     pins.ensure_bpffs()?;
     // Before the maps are touched: a second daemon on the same pins must not change them.
@@ -56,6 +86,7 @@ pub async fn run(
     // Fills the allowlist and sets the action: the configured one, or monitor while the
     // allowlist is still empty (unless --strict) until it holds an address.
     let mut enforcer = Enforcer::start(&mut filter, &initial, plan.action, plan.options.strict)?;
+    let mut milter = bound_milter.map(|bound| bound.serve(&initial));
     let results = filter.attach_all_pinned(&plan.options.iface, plan.mode)?;
     for (iface, (mode, outcome)) in plan.options.iface.iter().zip(&results) {
         match outcome {
@@ -106,6 +137,7 @@ pub async fn run(
     // Metrics are refreshed from the maps every second; cheap (a few map reads).
     let mut metrics_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut milter_tick = milter_status_ticker();
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
@@ -115,8 +147,12 @@ pub async fn run(
             }
             _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
                 log_counters(&filter);
+                log_milter_counters(milter.as_ref());
             }
             _ = metrics_tick.tick(), if plan.options.metrics_addr.is_some() => publish_metrics(&filter),
+            _ = milter_tick.tick(), if milter.is_some() => {
+                milter.as_mut().expect("guarded").write_status();
+            }
             batch = async { samples.as_mut().expect("guarded").next_batch().await }, if samples.is_some() => {
                 match batch.and_then(|batch| filter.maps.dropped_sources.tally(&batch)) {
                     Ok(()) => {}
@@ -130,13 +166,16 @@ pub async fn run(
                 if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
                     tracing::error!("updating the allowlist failed: {error:#}");
                 }
+                if let Some(milter) = &mut milter {
+                    milter.set_allowlist(&update.wanted);
+                }
                 notifier.status(status_line(&plan, enforcer.action(), update.wanted.len()));
                 metrics::publish_dns(&update.stats);
             }
             () = interfaces.changed() => interfaces.check(&mut filter),
             _ = sighup.recv() => {
                 notifier.reloading();
-                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, &plan, new)) {
+                match reload().and_then(|new| reconfigure(&mut filter, &mut enforcer, &mut sources, milter.as_mut(), &plan, new)) {
                     Ok(new) => {
                         plan = new;
                         ticker = stats_ticker(&plan);
@@ -153,6 +192,10 @@ pub async fn run(
     sources.stop();
     tracing::info!(signal = signal_name, "stopping");
     log_counters(&filter);
+    log_milter_counters(milter.as_ref());
+    if let Some(milter) = milter {
+        milter.stop();
+    }
     if plan.options.detach_on_exit {
         filter.links.detach_all();
         tracing::info!("detached; bye");
@@ -219,6 +262,7 @@ fn reconfigure(
     filter: &mut Filter,
     enforcer: &mut Enforcer,
     sources: &mut AllowSources,
+    milter: Option<&mut MilterHandle>,
     running: &RunPlan,
     new: RunPlan,
 ) -> anyhow::Result<RunPlan> {
@@ -227,6 +271,11 @@ fn reconfigure(
     let replacement = (new.allow != running.allow || new.dns != running.dns)
         .then(|| AllowSources::start(&new, &BTreeSet::new()))
         .transpose()?;
+    reconfigure_milter(
+        milter,
+        &new,
+        replacement.as_ref().map(|(initial, _)| initial),
+    );
     filter.maps.ports.set(&new.ports, &running.ports)?;
     filter
         .maps
@@ -240,6 +289,112 @@ fn reconfigure(
     }
     tracing::info!(ports = ?new.ports, action = ?new.action, "reloaded configuration applied");
     Ok(new)
+}
+
+/// Applies a reloaded milter policy, and the new sources' first allowlist if they changed.
+fn reconfigure_milter(
+    milter: Option<&mut MilterHandle>,
+    new: &RunPlan,
+    initial: Option<&BTreeSet<crate::cidr::Cidr>>,
+) {
+    if let (Some(milter), Some(settings)) = (milter, &new.milter) {
+        milter.set_policy(&settings.policy);
+        if let Some(initial) = initial {
+            milter.set_allowlist(initial);
+        }
+    }
+}
+
+/// The signals the daemon stops and reloads on.
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    sighup: tokio::signal::unix::Signal,
+}
+
+/// Milter-only mode (`--milter` without `--iface`), for hosts where XDP cannot run: the same
+/// allowlist sources feed the milter alone; no pins, no BPF.
+async fn run_milter_only(
+    plan: RunPlan,
+    reload: impl Fn() -> anyhow::Result<RunPlan>,
+    bound: crate::milter::BoundMilter,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
+    let (initial, mut sources) = AllowSources::start(&plan, &BTreeSet::new())?;
+    let mut milter = bound.serve(&initial);
+    tracing::warn!(
+        allowlist = initial.len(),
+        "milter-only mode: no --iface, so no XDP filter; only the header check protects"
+    );
+    let status =
+        |entries: usize| format!("milter only (no XDP filter): {entries} allowlist entries");
+    let mut notifier = Notifier::from_env();
+    notifier.ready(status(initial.len()));
+    let mut watchdog = notifier.watchdog_ticker();
+    let mut ticker = stats_ticker(&plan);
+    let mut milter_tick = milter_status_ticker();
+    let mut plan = plan;
+    let signal_name = loop {
+        tokio::select! {
+            _ = signals.sigint.recv() => break "SIGINT",
+            _ = signals.sigterm.recv() => break "SIGTERM",
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                notifier.watchdog();
+            }
+            _ = async { ticker.as_mut().expect("guarded").tick().await }, if ticker.is_some() => {
+                log_milter_counters(Some(&milter));
+            }
+            _ = milter_tick.tick() => milter.write_status(),
+            update = sources.next_update() => {
+                milter.set_allowlist(&update.wanted);
+                notifier.status(status(update.wanted.len()));
+                metrics::publish_allowlist(&update.wanted);
+                metrics::publish_dns(&update.stats);
+            }
+            _ = signals.sighup.recv() => {
+                notifier.reloading();
+                let applied = reload().and_then(|new| {
+                    crate::config::check_reloadable(&plan, &new)?;
+                    let replacement = (new.allow != plan.allow || new.dns != plan.dns)
+                        .then(|| AllowSources::start(&new, &BTreeSet::new()))
+                        .transpose()?;
+                    reconfigure_milter(Some(&mut milter), &new, replacement.as_ref().map(|(initial, _)| initial));
+                    if let Some((_, replacement)) = replacement {
+                        std::mem::replace(&mut sources, replacement).stop();
+                    }
+                    Ok(new)
+                });
+                match applied {
+                    Ok(new) => {
+                        plan = new;
+                        ticker = stats_ticker(&plan);
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(error) => tracing::error!("reload rejected, the running configuration stays: {error:#}"),
+                }
+                notifier.ready(status(milter.allowlist_len()));
+            }
+        }
+    };
+    notifier.stopping();
+    sources.stop();
+    tracing::info!(signal = signal_name, "stopping");
+    log_milter_counters(Some(&milter));
+    milter.stop();
+    Ok(())
+}
+
+/// How often the milter's counters are written for `mxguard status`.
+fn milter_status_ticker() -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(2));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+fn log_milter_counters(milter: Option<&MilterHandle>) {
+    if let Some(milter) = milter {
+        tracing::info!("{}", milter.counts().summary());
+    }
 }
 
 /// Where the allowlist comes from: static prefixes alone, or the DNS engine (which includes

@@ -13,6 +13,7 @@ pub mod links;
 pub mod manuals;
 pub mod maps;
 pub mod metrics;
+pub mod milter;
 pub mod netwatch;
 pub mod notify;
 pub mod program;

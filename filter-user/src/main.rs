@@ -68,11 +68,27 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => {
-            let status = filter_user::status::read_status(
+            let status = match filter_user::status::read_status(
                 &args.pins.pin_dir,
                 args.interval,
                 &args.state_dir,
-            )?;
+            ) {
+                Ok(status) => status,
+                // Milter-only mode pins nothing: its counters are all there is to show.
+                Err(error) => match filter_user::status::read_milter_status(&args.state_dir) {
+                    Some(milter) if args.json => {
+                        let value = serde_json::json!({ "pin_dir": null, "milter": milter });
+                        println!("{}", serde_json::to_string_pretty(&value)?);
+                        return Ok(());
+                    }
+                    Some(milter) => {
+                        println!("no XDP filter pinned ({error:#})");
+                        print!("{}", filter_user::status::render_milter(&milter));
+                        return Ok(());
+                    }
+                    None => return Err(error),
+                },
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -29,6 +29,48 @@ pub struct Status {
     pub top_dropped_sources: Vec<DroppedSourceStatus>,
     /// Seconds the rates were measured over (0 = no rates).
     pub rate_interval_secs: f64,
+    /// The header-check milter's counters, as the daemon last wrote them to the state dir
+    /// (`null` without a milter).
+    pub milter: Option<MilterStatusReport>,
+}
+
+/// The milter's counters with their age.
+#[derive(Debug, Serialize)]
+pub struct MilterStatusReport {
+    #[serde(flatten)]
+    pub status: crate::milter::stats::MilterStatus,
+    /// Seconds since the daemon wrote them (every 2 s while it runs).
+    pub age_secs: u64,
+}
+
+/// The milter's last counters under `state_dir`, if a daemon with --milter wrote any.
+pub fn read_milter_status(state_dir: &Path) -> Option<MilterStatusReport> {
+    let status = crate::milter::stats::read(state_dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(MilterStatusReport {
+        age_secs: now.saturating_sub(status.updated_unix_secs),
+        status,
+    })
+}
+
+/// The milter's lines of the human-readable status.
+pub fn render_milter(report: &MilterStatusReport) -> String {
+    let counts = &report.status.counts;
+    format!(
+        "milter:      {} (pid {}, written {}s ago)\n  verdicts    accepted {}  exempt {}  missing {}  forged {}\n  connections {} (refused {}, errors {})\n",
+        report.status.endpoint,
+        report.status.pid,
+        report.age_secs,
+        counts.accepted,
+        counts.exempt,
+        counts.missing,
+        counts.forged,
+        counts.connections,
+        counts.connections_refused,
+        counts.connection_errors,
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +250,7 @@ pub fn read_status(pin_dir: &Path, interval: Duration, state_dir: &Path) -> anyh
             })
             .collect(),
         rate_interval_secs: if rates.is_some() { secs } else { 0.0 },
+        milter: read_milter_status(state_dir),
         top_dropped_sources: maps
             .dropped_sources
             .top(10)?
@@ -296,6 +339,9 @@ pub fn render(status: &Status) -> String {
             }
             out += "\n";
         }
+    }
+    if let Some(milter) = &status.milter {
+        out += &render_milter(milter);
     }
     if !status.top_dropped_sources.is_empty() {
         out += "top dropped sources (sampled):\n";

@@ -194,6 +194,24 @@ impl Drop for TestDns {
     }
 }
 
+/// A test DNS server on the loopback of the namespace `netns`, served by a runtime of its own
+/// (returned: the caller keeps it alive for as long as the server).
+pub fn serve_in(netns: &crate::netns::Netns) -> (tokio::runtime::Runtime, TestDns) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (udp, tcp) = netns
+        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
+        .expect("entering the namespace");
+    let dns = {
+        let _inside = runtime.enter();
+        TestDns::serve(udp, tcp)
+    };
+    (runtime, dns)
+}
+
 /// A UDP socket and a TCP listener on the same free port of `ip`.
 pub fn bind_pair(ip: IpAddr) -> (std::net::UdpSocket, std::net::TcpListener) {
     for _ in 0..50 {

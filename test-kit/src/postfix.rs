@@ -50,6 +50,7 @@ pub enum Transport {
 #[derive(Clone, Debug)]
 pub struct PostfixConfig {
     listen: SocketAddr,
+    also_listen: Vec<SocketAddr>,
     netns: Option<String>,
     milter: Option<(String, String)>,
     milter_timeout: Option<Duration>,
@@ -62,12 +63,19 @@ impl PostfixConfig {
     pub fn new(listen: SocketAddr) -> PostfixConfig {
         PostfixConfig {
             listen,
+            also_listen: Vec::new(),
             netns: None,
             milter: None,
             milter_timeout: None,
             transport: Transport::Maildir,
             params: Vec::new(),
         }
+    }
+
+    /// One more smtpd service on `addr` (say, the same port on an IPv6 address).
+    pub fn also_listen(mut self, addr: SocketAddr) -> PostfixConfig {
+        self.also_listen.push(addr);
+        self
     }
 
     /// Runs every Postfix process inside `netns` (network stack only; the file system is the
@@ -215,14 +223,16 @@ impl Postfix {
         // service is smtpd on our address and port.
         self.postconf(&["-F", "*/*/chroot = n"])?;
         self.postconf(&["-MX", "smtp/inet"])?;
-        let service = match self.config.listen.ip() {
-            IpAddr::V4(ip) => format!("{ip}:{}", self.config.listen.port()),
-            IpAddr::V6(ip) => format!("[{ip}]:{}", self.config.listen.port()),
-        };
-        self.postconf(&[
-            "-M",
-            &format!("{service}/inet = {service} inet n - n - - smtpd"),
-        ])?;
+        for addr in std::iter::once(&self.config.listen).chain(&self.config.also_listen) {
+            let service = match addr.ip() {
+                IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+                IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+            };
+            self.postconf(&[
+                "-M",
+                &format!("{service}/inet = {service} inet n - n - - smtpd"),
+            ])?;
+        }
 
         let dir = self.dir.display().to_string();
         let uid = nix::unistd::User::from_name(Self::POSTFIX_USER)
@@ -242,6 +252,9 @@ impl Postfix {
             ("mydomain", "mxguard.test".to_owned()),
             ("mydestination", String::new()),
             ("biff", "no".to_owned()),
+            // No local delivery, so no aliases (Debian has no /etc/aliases.db here).
+            ("alias_maps", String::new()),
+            ("alias_database", String::new()),
             // No DNS from tests: no reverse lookups of clients, no lookups when relaying.
             ("smtpd_peername_lookup", "no".to_owned()),
             ("smtp_dns_support_level", "disabled".to_owned()),

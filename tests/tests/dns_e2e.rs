@@ -10,7 +10,7 @@ use std::{
 
 use test_kit::{
     bind::{SignedZone, Variant},
-    dns_server::{TestDns, bind_pair},
+    dns_server::{self, TestDns},
     lab::MailLab,
     netns::{Netns, assert_connects, assert_times_out},
     pins::TestPins,
@@ -52,23 +52,9 @@ fn mxguard_with_dns(
     Daemon::spawn(command)
 }
 
-/// A DNS server on the server namespace's loopback, served by this process's runtime (kept
-/// alive by the caller for as long as the server).
+/// A DNS server on the server namespace's loopback.
 fn dns_in_server(lab: &MailLab) -> (tokio::runtime::Runtime, TestDns) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (udp, tcp) = lab
-        .server
-        .enter(|| bind_pair("127.0.0.1".parse().expect("loopback")))
-        .expect("entering the server's namespace");
-    let dns = {
-        let _inside = runtime.enter();
-        TestDns::serve(udp, tcp)
-    };
-    (runtime, dns)
+    dns_server::serve_in(&lab.server)
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! `cargo xtask run`: a throwaway mail-gateway lab that shows mxguard at work.
 //!
-//! Builds the `MailLab` namespaces (switch, mail server, relay, direct sender), attaches the
-//! real `mxguard` binary to the server's eth0 with the relay allowlisted, then every few
-//! seconds tries the connections an operator cares about and prints what happened next to
-//! what should happen. Ctrl-C (or `--rounds N`) stops mxguard and removes every namespace.
+//! Builds the `MailLab` namespaces (switch, mail server, relay, direct sender), starts a real
+//! Postfix on the server with mxguard's header-check milter, attaches the real `mxguard`
+//! binary to the server's eth0 with the relay allowlisted, then every few seconds tries the
+//! connections and mails an operator cares about and prints what happened next to what
+//! should happen, with both layers' counters. Ctrl-C (or `--rounds N`) stops mxguard and
+//! Postfix and removes every namespace.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -20,8 +22,12 @@ use test_kit::{
     lab::MailLab,
     netns::Netns,
     pins::TestPins,
+    postfix::{PostfixConfig, Swaks},
     process::{Daemon, mxguard_bin},
 };
+
+/// Where Postfix on the lab's server reaches mxguard's milter.
+const MILTER: &str = "inet:127.0.0.1:8891";
 
 /// The relay's DNS name, served by a DNS server inside the lab.
 const RELAY_NAME: &str = "relay.mail-scanning.test";
@@ -63,7 +69,17 @@ fn main() -> std::process::ExitCode {
         MailLab::DIRECT.v6
     );
 
-    let _smtp = lab.server.listen(25);
+    // The mail server is a real Postfix whose smtpd asks mxguard's milter about every mail.
+    let postfix = PostfixConfig::new(SocketAddr::new(IpAddr::V4(server.v4), 25))
+        .also_listen(SocketAddr::new(IpAddr::V6(server.v6), 25))
+        .netns(&lab.server)
+        .milter(MILTER, "tempfail")
+        .start()
+        .unwrap_or_else(|error| panic!("starting the lab's Postfix: {error:#}"));
+    println!(
+        "  postfix     on the server, port 25, smtpd_milters = {MILTER} (config {})",
+        postfix.config_dir().display()
+    );
     let _submission = lab.server.listen(587);
     let _far_mx = lab.direct.listen(25);
 
@@ -102,6 +118,8 @@ fn main() -> std::process::ExitCode {
         "--detach-on-exit",
         "--stats-interval",
         "1s",
+        "--milter",
+        MILTER,
     ];
     let mut command = lab.server.command(mxguard_bin());
     command
@@ -179,6 +197,25 @@ fn main() -> std::process::ExitCode {
         },
     ];
 
+    // Mails: the relay's carry the filtering service's headers; one without them (as if it
+    // had skipped the service) is refused by the milter with the reason.
+    let to_server = SocketAddr::new(IpAddr::V4(server.v4), 25);
+    let mails = [
+        (
+            "relay  -> server:25   mail with the headers",
+            Swaks::new(to_server)
+                .netns(&lab.relay)
+                .header("X-MS.com-server", "mx1.mail-scanning.test")
+                .header("X-MS.com-version", "7.1"),
+            true,
+        ),
+        (
+            "relay  -> server:25   mail without them",
+            Swaks::new(to_server).netns(&lab.relay),
+            false,
+        ),
+    ];
+
     let mut failures = 0;
     let mut round = 0;
     while !stop.load(Ordering::Relaxed) && rounds.is_none_or(|n| round < n) {
@@ -209,20 +246,39 @@ fn main() -> std::process::ExitCode {
                 if ok { "ok" } else { "WRONG" }
             );
         }
-        std::thread::sleep(Duration::from_millis(1100));
-        if let Some(line) = mxguard
-            .log()
-            .lines()
-            .rev()
-            .find(|l| l.contains("counters "))
-        {
+        for (label, mail, should_accept) in &mails {
+            let sent = mail.run();
+            let reply = sent
+                .data_reply()
+                .unwrap_or("no reply to the data")
+                .to_owned();
+            let ok = (sent.code == 0) == *should_accept;
+            if !ok {
+                failures += 1;
+            }
+            let want = if *should_accept {
+                "be accepted"
+            } else {
+                "be refused"
+            };
             println!(
-                "  {}",
+                "  {label:<44} should {want:<11} {}\n      {reply}",
+                if ok { "ok" } else { "WRONG" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let log = mxguard.log();
+        if let Some(line) = log.lines().rev().find(|l| l.contains("counters ")) {
+            println!(
+                "  xdp     {}",
                 line.split("counters ")
                     .nth(1)
                     .unwrap_or(line)
-                    .replace(" | ", "\n  ")
+                    .replace(" | ", "\n          ")
             );
+        }
+        if let Some(line) = log.lines().rev().find(|l| l.contains("milter accepted=")) {
+            println!("  milter  {}", line.split("milter ").nth(1).unwrap_or(line));
         }
         if rounds.is_none() {
             println!("(Ctrl-C stops mxguard and removes the lab)");
@@ -238,6 +294,7 @@ fn main() -> std::process::ExitCode {
     if let Some(line) = mxguard.log().lines().rev().find(|l| l.contains("detached")) {
         println!("  mxguard: {}", line.trim());
     }
+    drop(postfix);
     drop(dns);
     drop(runtime);
     drop(lab);
