@@ -221,7 +221,7 @@ pub fn table(results: &MilterCostResults) -> String {
 
 /// The docs/benchmarks.md section.
 pub fn markdown(results: &MilterCostResults) -> String {
-    let mut out = String::from("## Mail: Postfix with and without the milter\n\n");
+    let mut out = String::from("## The milter's cost: Postfix with and without it\n\n");
     let _ = writeln!(
         out,
         "Postfix's `smtp-source` sends {} messages over {} parallel SMTP sessions to a private Postfix \
