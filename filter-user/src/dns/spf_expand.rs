@@ -273,11 +273,12 @@ impl<R: Resolve> Walk<'_, R> {
                 FamilyAnswer::Failed(kind) => failure = Some(kind),
             }
         }
+        // One family failing is a failure of the part even when the other answered: the part
+        // keeps its last good prefixes of both until they go stale (fail-static, S3).
         match (found, failure) {
-            (true, _) => {}
-            (false, Some(kind)) => self.out.failed.push((chain.clone(), kind)),
+            (_, Some(kind)) => self.out.failed.push((chain.clone(), kind)),
             (false, None) if counts_void => self.void(&format!("A/AAAA {}", short(host)))?,
-            (false, None) => {}
+            _ => {}
         }
         Ok(())
     }
