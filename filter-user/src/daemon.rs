@@ -41,7 +41,7 @@ pub async fn run(
         .map(|settings| MilterHandle::bind(settings, &plan.options.state_dir))
         .transpose()?;
     if plan.options.iface.is_empty() {
-        let bound = bound_milter.expect("the plan requires --milter without --iface");
+        let bound = bound_milter.context("no --iface and no --milter: nothing to run")?;
         return run_milter_only(
             plan,
             reload,
@@ -271,22 +271,24 @@ fn reconfigure(
     let replacement = (new.allow != running.allow || new.dns != running.dns)
         .then(|| AllowSources::start(&new, &BTreeSet::new()))
         .transpose()?;
-    reconfigure_milter(
-        milter,
-        &new,
-        replacement.as_ref().map(|(initial, _)| initial),
-    );
     filter.maps.ports.set(&new.ports, &running.ports)?;
     filter
         .maps
         .settings
         .set_reject_rate(new.options.reject_rate)?;
     enforcer.reconfigure(filter, new.action)?;
-    if let Some((initial, replacement)) = replacement {
-        // Add-before-remove holds across the switch: sync adds the new set's entries first.
-        enforcer.apply(filter, &initial)?;
-        std::mem::replace(sources, replacement).stop();
-    }
+    let initial = match replacement {
+        Some((initial, replacement)) => {
+            // Add-before-remove holds across the switch: sync adds the new set's entries first.
+            enforcer.apply(filter, &initial)?;
+            std::mem::replace(sources, replacement).stop();
+            Some(initial)
+        }
+        None => None,
+    };
+    // The milter takes the new policy only once the filter has: a reload refused above
+    // leaves it as it was too.
+    reconfigure_milter(milter, &new, initial.as_ref());
     tracing::info!(ports = ?new.ports, action = ?new.action, "reloaded configuration applied");
     Ok(new)
 }
