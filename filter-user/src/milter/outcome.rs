@@ -65,11 +65,25 @@ pub fn reason(verdict: &Verdict) -> Option<String> {
 
 /// The answer for `verdict` under `policy`.
 pub fn answer(policy: &Policy, verdict: &Verdict) -> Answer {
-    let action = match verdict {
-        Verdict::Exempt(_) | Verdict::Accepted => return Answer::Continue,
-        Verdict::Missing(_) => policy.on_missing,
-        Verdict::Forged { .. } => policy.on_forged,
-    };
+    match verdict {
+        Verdict::Exempt(_) | Verdict::Accepted => Answer::Continue,
+        Verdict::Missing(_) => answer_with(policy.on_missing, verdict),
+        Verdict::Forged { .. } => answer_with(policy.on_forged, verdict),
+    }
+}
+
+/// The answer while the allowlist is empty (no static prefix, no DNS answer and no saved state
+/// yet): it cannot tell a relay from a direct sender, so a forged verdict is refused for now
+/// (451) whatever `--milter-forged` says, and the relay retries once the allowlist is known
+/// (docs/milter.md, D12).
+pub fn answer_before_relays_known(policy: &Policy, verdict: &Verdict) -> Answer {
+    match verdict {
+        Verdict::Forged { .. } => answer_with(MilterAction::Tempfail, verdict),
+        _ => answer(policy, verdict),
+    }
+}
+
+fn answer_with(action: MilterAction, verdict: &Verdict) -> Answer {
     let text = reason(verdict).unwrap_or_default();
     match action {
         MilterAction::Reject => Answer::Refuse {
@@ -160,6 +174,34 @@ mod tests {
             assert_eq!(
                 answer(&policy, &Verdict::Exempt(Exemption::Authenticated)),
                 Answer::Continue
+            );
+        }
+    }
+
+    #[test]
+    fn forged_is_refused_for_now_while_no_relay_is_known() {
+        let forged = Verdict::Forged { repeated: None };
+        let missing = Verdict::Missing("X-MS.com-server".parse().unwrap());
+        for action in [
+            MilterAction::Reject,
+            MilterAction::Discard,
+            MilterAction::Tag,
+        ] {
+            let policy = policy(action);
+            assert!(
+                matches!(
+                    answer_before_relays_known(&policy, &forged),
+                    Answer::Refuse {
+                        smtp: [4, 5, 1],
+                        ..
+                    }
+                ),
+                "with no relay known a forged verdict may be a relay: 451, never {action:?}"
+            );
+            // A missing header needs no allowlist: the configured action stands.
+            assert_eq!(
+                answer_before_relays_known(&policy, &missing),
+                answer(&policy, &missing)
             );
         }
     }

@@ -110,7 +110,11 @@ impl MilterSession {
         };
         let verdict = decision::decide(&policy.rules, &session, &self.message.tally, &allowlist);
         self.shared.stats.count_verdict(&verdict);
-        let answer = outcome::answer(&policy, &verdict);
+        let answer = if allowlist.is_empty() {
+            outcome::answer_before_relays_known(&policy, &verdict)
+        } else {
+            outcome::answer(&policy, &verdict)
+        };
         self.log(&verdict, &answer);
         self.message.decided = Some(answer.clone());
         answer
