@@ -82,7 +82,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
                         return Ok(());
                     }
                     Some(milter) => {
-                        println!("no XDP filter pinned ({error:#})");
+                        // Whatever stopped the XDP read (nothing pinned, or an error) is said.
+                        eprintln!("XDP filter: no status ({error:#})");
                         print!("{}", filter_user::status::render_milter(&milter));
                         return Ok(());
                     }
