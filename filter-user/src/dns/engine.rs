@@ -283,14 +283,6 @@ impl<R: Resolve> DnsEngine<R> {
             .unwrap_or_default()
     }
 
-    /// An SPF source's current prefixes.
-    pub fn spf_prefixes(&self, name: &HostName) -> BTreeSet<Cidr> {
-        self.spf
-            .get(name)
-            .map(SpfState::prefixes)
-            .unwrap_or_default()
-    }
-
     /// The next moment a lookup or an expiry is due.
     pub fn next_event(&self) -> Option<Instant> {
         let names = self.names.values().map(NameState::next_event);
