@@ -126,7 +126,8 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
 }
 
 /// Builds bpf-linker into .tools/bin against the nightly's own LLVM, unless the one there was
-/// built for the same LLVM major (recorded in a stamp file).
+/// built for the same LLVM major (recorded in a stamp file). If that build fails, it is tried
+/// once more against Debian's llvm-N-dev, the second way ../shared/TOOLCHAIN.md gives.
 fn bpf_linker(root: &Path) -> anyhow::Result<()> {
     let tools = tools_dir(root);
     let major = nightly_llvm_major()?;
@@ -141,25 +142,92 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
         "setup: building {wanted} into {} (about a minute)",
         tools.display()
     );
-    let prefix = llvm_prefix(&tools, major)?;
-    run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args([
-                "install",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                "--force",
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{major}"),
-            ])
-            .arg("--root")
-            .arg(&tools)
-            .env("LLVM_PREFIX", &prefix),
-    )?;
+    let nightly_prefix = llvm_prefix(&tools, major)?;
+    if let Err(first) = install_bpf_linker(&tools, major, &nightly_prefix, None) {
+        eprintln!("setup: {first:#}");
+        let package = format!("llvm-{major}-dev");
+        eprintln!("setup: trying once more against Debian's {package}, one job at a time");
+        preseed_debconf()?;
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", &package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        let debian_prefix = PathBuf::from(format!("/usr/lib/llvm-{major}"));
+        install_bpf_linker(&tools, major, &debian_prefix, Some(1))
+            .context("bpf-linker failed to build against both LLVMs")?;
+    }
     std::fs::write(&stamp, format!("{wanted}\n")).context("writing the bpf-linker stamp")?;
     Ok(())
+}
+
+/// One `cargo install` of bpf-linker against the LLVM in `llvm_prefix`. The crate's own
+/// Cargo.lock is used (`--locked`), so a new release of a dependency cannot break the build;
+/// the build directory is inside .tools, not in a possibly small /tmp, and is removed after.
+/// The full output goes to a log file; a failure prints its end, where the real error is.
+fn install_bpf_linker(
+    tools: &Path,
+    major: u32,
+    llvm_prefix: &Path,
+    jobs: Option<u32>,
+) -> anyhow::Result<()> {
+    let build_dir = tools.join("build-bpf-linker");
+    let log_path = tools.join("bpf-linker-build.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .arg("--root")
+        .arg(tools)
+        .arg("--target-dir")
+        .arg(&build_dir)
+        .env("LLVM_PREFIX", llvm_prefix)
+        // Debug info makes the link several times larger and is never used.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .stdout(log.try_clone().context("duplicating the log file handle")?)
+        .stderr(log);
+    if let Some(jobs) = jobs {
+        command.arg("--jobs").arg(jobs.to_string());
+    }
+    eprintln!("running {command:?} (output in {})", log_path.display());
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    let _ = std::fs::remove_dir_all(&build_dir);
+    if !status.success() {
+        bail!(
+            "building bpf-linker against {} failed ({status}); the end of {}:\n{}",
+            llvm_prefix.display(),
+            log_path.display(),
+            log_tail(&log_path)
+        );
+    }
+    Ok(())
+}
+
+/// The last lines of a build log, each cut to a readable length: a failed link prints one
+/// enormous command line before the line that says what went wrong.
+fn log_tail(path: &Path) -> String {
+    const LINES: usize = 40;
+    const WIDTH: usize = 300;
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..]
+        .iter()
+        .map(|line| match line.char_indices().nth(WIDTH) {
+            Some((cut, _)) => format!("{} [...]", &line[..cut]),
+            None => (*line).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Installs cargo-deb into .tools/bin unless that version is there already.
