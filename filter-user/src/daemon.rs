@@ -428,11 +428,13 @@ impl AllowSources {
         let restored = engine.restore();
         let mut initial = engine.wanted();
         if restored == 0 && !pinned.is_empty() {
+            let kept = engine.screen_pinned(pinned);
             tracing::warn!(
                 entries = pinned.len(),
+                kept = kept.len(),
                 "no addresses restored from the state file: keeping the pinned allowlist until DNS answers"
             );
-            initial.extend(pinned.iter().copied());
+            initial.extend(kept);
         }
         tracing::info!(
             hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),

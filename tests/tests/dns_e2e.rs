@@ -193,6 +193,58 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
 }
 
 #[test]
+fn a_pinned_allowlist_kept_for_a_lost_state_file_still_passes_the_guards() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let (runtime, mut dns) = dns_in_server(&lab);
+    // A wrong answer the first run took: the direct sender's address next to the relay's.
+    let (relay, direct) = (
+        MailLab::RELAY.v4.to_string(),
+        MailLab::DIRECT.v4.to_string(),
+    );
+    dns.set("relay.mx.test", &[&relay, &direct], 60);
+    let state_dir = TempDir::new("dns-lost-guarded");
+    let pins = TestPins::new();
+    let dns_addr = dns.addr().to_string();
+    let start = |extra: &[&str]| {
+        let mut command = lab.server.command(mxguard_bin());
+        command
+            .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
+            .args(["--dns-server", &dns_addr, "--dns-timeout", "300ms"])
+            .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
+            .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        Daemon::spawn(command)
+    };
+    let mut first = start(&[]);
+    first.wait_for("enforcing", Duration::from_secs(30), |l| {
+        l.contains("switching from MONITOR to enforcing")
+    });
+    assert!(first.stop().success());
+
+    // The operator narrows DNS to the relay's range; the state file is lost and DNS is down.
+    std::fs::write(state_dir.0.join("dns-allowlist.json"), b"{ not json").unwrap();
+    runtime.block_on(dns.stop());
+    let within = format!("{relay}/32");
+    let mut second = start(&["--dns-allow-within", &within]);
+    second.wait_for("the pinned allowlist kept", Duration::from_secs(30), |l| {
+        l.contains("keeping the pinned allowlist")
+    });
+    second.wait_for("the attach", Duration::from_secs(10), |l| {
+        l.contains("attached XDP filter")
+    });
+    let log = second.log();
+    assert!(
+        log.contains("pinned allowlist entries refused by a guard") && log.contains(&direct),
+        "the guard names the pinned entry it refused:\n{log}"
+    );
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &second);
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &second);
+    assert!(second.stop().success());
+}
+
+#[test]
 fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_out() {
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);

@@ -208,7 +208,6 @@ impl<R: Resolve> DnsEngine<R> {
                     }
                     continue;
                 }
-                restored += saved_family.addresses.len();
                 *family = FamilyState {
                     addrs: saved_family.addresses,
                     stale_at: Some(now + (self.policy.stale_grace - age)),
@@ -225,6 +224,7 @@ impl<R: Resolve> DnsEngine<R> {
                 family.addrs.retain(|ip| kept.contains(&Cidr::host(*ip)));
             }
             let addresses = state.addresses();
+            restored += addresses.len();
             if !addresses.is_empty() {
                 tracing::info!(%name, addresses = %list(&addresses), "restored from the state file");
             }
@@ -264,6 +264,52 @@ impl<R: Resolve> DnsEngine<R> {
             self.set_source(&source, &prefixes);
         }
         restored
+    }
+
+    /// The entries a previous run left in the pinned map, screened like a DNS answer before
+    /// they are kept in place of a lost state file: whatever the guards in force now refuse
+    /// stays out. Entries the engine wants anyway (static prefixes) pass untouched. The map
+    /// holds every DNS source at once, so the cap is the per-source cap times their number;
+    /// over it, nothing is kept.
+    pub fn screen_pinned(&mut self, pinned: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
+        let wanted = self.wanted();
+        let candidates: BTreeSet<Cidr> = pinned.difference(&wanted).copied().collect();
+        let sources = (self.names.len() + self.spf.len()).max(1);
+        let guards = Guards {
+            max_prefixes: self.guards.max_prefixes.saturating_mul(sources),
+            ..self.guards.clone()
+        };
+        let screened = guards.screen(&candidates);
+        let mut by_guard: BTreeMap<Guard, Vec<Cidr>> = BTreeMap::new();
+        for (cidr, guard) in &screened.refused {
+            by_guard.entry(*guard).or_default().push(*cidr);
+        }
+        for (guard, refused) in &by_guard {
+            *self
+                .stats
+                .refusals_by_guard
+                .entry(guard.label().into())
+                .or_default() += refused.len() as u64;
+            tracing::warn!(
+                guard = guard.label(),
+                refused = %list(refused),
+                "pinned allowlist entries refused by a guard; they are not kept"
+            );
+        }
+        if let Some(found) = screened.over_cap {
+            *self
+                .stats
+                .refusals_by_guard
+                .entry(Guard::MaxPrefixes.label().into())
+                .or_default() += 1;
+            tracing::warn!(
+                guard = Guard::MaxPrefixes.label(),
+                found,
+                cap = guards.max_prefixes,
+                "the pinned allowlist holds more DNS-derived entries than the cap allows; none are kept"
+            );
+        }
+        screened.kept
     }
 
     /// The allowlist the map must hold: static prefixes and every name's addresses.
@@ -1217,6 +1263,72 @@ mod tests {
         .unwrap();
         let mut fourth = engine(&down, policy(1, 60, 600), &["relay.test"], Some(&dir));
         assert_eq!(fourth.restore(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pinned_fallback_keeps_only_what_the_guards_allow_now() {
+        let resolver = Scripted::default();
+        let mut fallback = engine(&resolver, policy(1, 60, 600), &["relay.test"], None)
+            .with_guards(Guards {
+                allow_within: cidrs(&["192.0.2.0/24"]).into_iter().collect(),
+                ..Guards::default()
+            });
+        let pinned = cidrs(&[
+            "198.51.100.0/24", // static now: wanted anyway, not screened
+            "192.0.2.1",
+            "203.0.113.9", // outside --dns-allow-within
+            "192.0.0.0/8", // shorter than --dns-min-prefix-v4
+        ]);
+        assert_eq!(fallback.screen_pinned(&pinned), cidrs(&["192.0.2.1"]));
+        let refusals = &fallback.stats().refusals_by_guard;
+        assert_eq!(refusals.get("allow-within"), Some(&1), "{refusals:?}");
+        assert_eq!(refusals.get("min-prefix"), Some(&1), "{refusals:?}");
+
+        // One name: the cap is the per-source cap; over it, nothing is kept.
+        let mut capped =
+            engine(&resolver, policy(1, 60, 600), &["relay.test"], None).with_guards(Guards {
+                max_prefixes: 1,
+                ..Guards::default()
+            });
+        assert!(
+            capped
+                .screen_pinned(&cidrs(&["192.0.2.1", "192.0.2.2"]))
+                .is_empty(),
+            "a pinned set over the cap is not kept"
+        );
+        assert_eq!(
+            capped.stats().refusals_by_guard.get("max-prefixes"),
+            Some(&1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_counts_only_what_the_guards_let_through() {
+        let dir = temp_dir("restore-guards");
+        let resolver = Scripted::default();
+        resolver.set("relay.test", v4(&["192.0.2.1", "203.0.113.9"], 30));
+        let mut first = engine(&resolver, policy(1, 60, 600), &["relay.test"], Some(&dir));
+        first.step().await;
+        first.save_state().await;
+
+        // The next run allows only 192.0.2.0/24: the other saved address is refused.
+        let mut second = engine(&resolver, policy(1, 60, 600), &["relay.test"], Some(&dir))
+            .with_guards(Guards {
+                allow_within: cidrs(&["192.0.2.0/24"]).into_iter().collect(),
+                ..Guards::default()
+            });
+        assert_eq!(second.restore(), 1);
+        assert_eq!(second.wanted(), cidrs(&["198.51.100.0/24", "192.0.2.1"]));
+
+        // Refused whole, nothing counts as restored, so the daemon's pinned fallback (screened
+        // too) decides.
+        let mut third = engine(&resolver, policy(1, 60, 600), &["relay.test"], Some(&dir))
+            .with_guards(Guards {
+                allow_within: cidrs(&["198.51.100.128/25"]).into_iter().collect(),
+                ..Guards::default()
+            });
+        assert_eq!(third.restore(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
