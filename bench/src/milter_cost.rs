@@ -79,6 +79,7 @@ pub fn run(options: &MilterCostOptions) -> anyhow::Result<MilterCostResults> {
             on_forged: MilterAction::Reject,
         },
         max_connections: filter_user::milter::DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: filter_user::milter::DEFAULT_IDLE_TIMEOUT,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

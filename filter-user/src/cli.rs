@@ -247,6 +247,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::milter::DEFAULT_MAX_CONNECTIONS)]
     pub milter_max_connections: usize,
 
+    /// Close a milter connection the MTA has sent nothing on for this long. Postfix keeps one
+    /// open for a whole SMTP session and waits on the SMTP client between commands (up to its
+    /// smtpd_timeout, 300s by default), so keep this well above that. A TCP peer that vanished
+    /// is found sooner, by TCP keepalive.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = checked::<TextDuration>)]
+    pub milter_idle_timeout: TextDuration,
+
     /// bpffs directory holding the pinned maps and links (bpffs is mounted on /sys/fs/bpf if
     /// nothing is mounted there yet).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
@@ -500,6 +507,9 @@ impl RunArgs {
         if self.milter_max_connections == 0 {
             bail!("--milter-max-connections must be more than 0");
         }
+        if self.milter_idle_timeout.0 < Duration::from_secs(1) {
+            bail!("--milter-idle-timeout must be at least 1s");
+        }
         Ok(Some(MilterSettings {
             endpoint: endpoint.clone(),
             policy: crate::milter::Policy {
@@ -511,6 +521,7 @@ impl RunArgs {
                 on_forged: self.milter_forged,
             },
             max_connections: self.milter_max_connections,
+            idle_timeout: self.milter_idle_timeout.0,
         }))
     }
 

@@ -106,9 +106,11 @@ pub fn check_reloadable(running: &RunPlan, new: &RunPlan) -> anyhow::Result<()> 
     if running.metrics_addr != new.metrics_addr {
         bail!("metrics-addr changes only with a restart");
     }
-    if running.milter != new.milter || running.milter_max_connections != new.milter_max_connections
+    if running.milter != new.milter
+        || running.milter_max_connections != new.milter_max_connections
+        || running.milter_idle_timeout != new.milter_idle_timeout
     {
-        bail!("milter and milter-max-connections change only with a restart");
+        bail!("milter, milter-max-connections and milter-idle-timeout change only with a restart");
     }
     Ok(())
 }

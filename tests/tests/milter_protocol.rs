@@ -2,7 +2,7 @@
 //! miltr-client (plus raw frames where the client has no call: macros and an abort that keeps
 //! the connection) as the MTA. The authenticated-session exemption, the MAIL-stage macros,
 //! abort and several messages per connection, garbage and oversized packets, a peer vanishing
-//! mid-message, hundreds of concurrent connections and the connection bound.
+//! mid-message, an idle peer, hundreds of concurrent connections and the connection bound.
 
 use std::{
     collections::BTreeSet,
@@ -12,7 +12,8 @@ use std::{
 };
 
 use filter_user::milter::{
-    MilterAction, MilterEndpoint, MilterHandle, MilterSettings, Policy, Rules, stats::MilterCounts,
+    DEFAULT_IDLE_TIMEOUT, MilterAction, MilterEndpoint, MilterHandle, MilterSettings, Policy,
+    Rules, stats::MilterCounts,
 };
 use miltr_client::{Client, Connection, ResponseError};
 use miltr_common::{
@@ -38,6 +39,15 @@ struct Server {
 
 impl Server {
     fn start(max_connections: usize, on_missing: MilterAction) -> Server {
+        Server::start_idle(max_connections, on_missing, DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// As [`Server::start`], closing connections idle for `idle_timeout`.
+    fn start_idle(
+        max_connections: usize,
+        on_missing: MilterAction,
+        idle_timeout: Duration,
+    ) -> Server {
         let addr = free_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let settings = MilterSettings {
             endpoint: MilterEndpoint::Inet(addr),
@@ -53,6 +63,7 @@ impl Server {
                 on_forged: MilterAction::Reject,
             },
             max_connections,
+            idle_timeout,
         };
         let state = ScratchDir::new("milter-protocol");
         let allow = BTreeSet::from([RELAY.parse().unwrap()]);
@@ -396,6 +407,44 @@ async fn hundreds_of_concurrent_connections_each_get_their_own_verdicts() {
     assert_eq!(counts.forged, CONNECTIONS as u64 / 2, "{counts:?}");
     assert_eq!(counts.missing, CONNECTIONS as u64, "{counts:?}");
     assert_eq!(counts.connection_errors, 0, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_frees_its_slot() {
+    let server = Server::start_idle(1, MilterAction::Reject, Duration::from_secs(1));
+    // Negotiated and connected, then silent: a peer that stopped talking.
+    let silent = Mta::open(&server, RELAY).await;
+    let raw = silent
+        .raw
+        .try_clone()
+        .expect("a handle on the silent connection");
+    // The handle shares tokio's non-blocking mode; nothing else reads this socket any more.
+    raw.set_nonblocking(false).expect("a blocking handle");
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || assert_closed_by_server(raw, "an idle connection"))
+        .await
+        .expect("the reader");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after the idle timeout, not at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.counts().connection_errors,
+        1,
+        "{:?}",
+        server.counts()
+    );
+    drop(silent);
+    // The only slot is free again: a new connection is served.
+    let mut fresh = Mta::open(&server, RELAY).await;
+    assert_accepted(&fresh.message(BOTH).await);
+    assert_eq!(
+        server.counts().connections_refused,
+        0,
+        "{:?}",
+        server.counts()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,13 +17,17 @@ pub mod session;
 pub mod stats;
 pub mod wire;
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 pub use decision::{AllowSnapshot, HeaderName, Rules, Verdict};
 pub use server::{BoundMilter, MilterHandle};
+
+/// `--milter-idle-timeout` default: well above Postfix's smtpd_timeout (300 s), the longest
+/// Postfix normally waits on an SMTP client between two milter commands.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// `--milter-max-connections` default: far above Postfix's default smtpd process limit (100).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -123,6 +127,8 @@ pub struct MilterSettings {
     pub endpoint: MilterEndpoint,
     pub policy: Policy,
     pub max_connections: usize,
+    /// A connection with no command for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl BoundMilter {
             stats: stats.clone(),
         };
         let limit = Arc::new(Semaphore::new(settings.max_connections));
-        let task = tokio::spawn(serve(self.listener, shared, limit));
+        let task = tokio::spawn(serve(self.listener, shared, limit, settings.idle_timeout));
         tracing::info!(
             endpoint = %settings.endpoint,
             required = ?settings.policy.rules.required.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
@@ -217,11 +217,21 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))
 }
 
-async fn serve(listener: Listener, shared: Shared, limit: Arc<Semaphore>) {
+/// TCP keepalive on milter connections: an MTA host that vanished (a crash, a partition)
+/// frees its connection after about two minutes instead of holding a slot forever.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(6);
+
+async fn serve(listener: Listener, shared: Shared, limit: Arc<Semaphore>, idle: Duration) {
     loop {
         let accepted = match &listener {
             Listener::Tcp(tcp) => tcp.accept().await.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
+                if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE) {
+                    tracing::debug!(%peer, "no TCP keepalive on a milter connection: {error}");
+                }
                 (Stream::Tcp(QuickAck(stream)), peer.to_string())
             }),
             Listener::Unix(unix) => unix
@@ -258,8 +268,8 @@ async fn serve(listener: Listener, shared: Shared, limit: Arc<Semaphore>) {
         tokio::spawn(async move {
             let _permit = permit;
             match stream {
-                Stream::Tcp(stream) => handle(stream, shared, &peer).await,
-                Stream::Unix(stream) => handle(stream, shared, &peer).await,
+                Stream::Tcp(stream) => handle(stream, shared, &peer, idle).await,
+                Stream::Unix(stream) => handle(stream, shared, &peer, idle).await,
             }
         });
     }
@@ -334,13 +344,13 @@ impl AsyncWrite for QuickAck {
 }
 
 /// Serves one connection to its end; an error ends only this connection.
-async fn handle<S>(stream: S, shared: Shared, peer: &str)
+async fn handle<S>(stream: S, shared: Shared, peer: &str, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let stats = shared.stats.clone();
     let mut milter = MilterSession::new(shared);
-    if let Err(error) = super::wire::serve(stream, &mut milter, MAX_PACKET).await {
+    if let Err(error) = super::wire::serve(stream, &mut milter, MAX_PACKET, idle).await {
         stats.count_connection(ConnectionEvent::Error);
         tracing::info!(peer, "milter connection closed on an error: {error:#}");
     }

@@ -6,6 +6,8 @@
 //! callbacks, and leaves out exactly the answers the MTA agreed to go without
 //! (docs/milter.md, D11).
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use miltr_common::{
@@ -22,11 +24,13 @@ use tokio::io::{
 use super::session::MilterSession;
 
 /// Serves the connection until the MTA quits or closes it; an error (garbage, an oversized
-/// packet, a peer that vanished mid-packet) ends only this connection.
+/// packet, a peer that vanished mid-packet, nothing sent for `idle`) ends only this
+/// connection.
 pub async fn serve<S>(
     stream: S,
     milter: &mut MilterSession,
     max_packet: usize,
+    idle: Duration,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -38,7 +42,14 @@ where
     // miltr-server does); Postfix always negotiates first.
     let mut protocol = Protocol::empty();
     let mut capabilities = Capability::all();
-    while let Some(command) = read_command(&mut reader, max_packet).await? {
+    loop {
+        let Ok(read) = tokio::time::timeout(idle, read_command(&mut reader, max_packet)).await
+        else {
+            bail!("the MTA sent nothing for {idle:?} (--milter-idle-timeout)");
+        };
+        let Some(command) = read? else {
+            break;
+        };
         let answer: Option<Action> = match command {
             ClientCommand::OptNeg(theirs) => {
                 let ours = milter
