@@ -19,7 +19,7 @@ use filter_user::milter::{MilterAction, MilterEndpoint, MilterHandle, MilterSett
 use serde::Serialize;
 use test_kit::{
     postfix::{Postfix, PostfixConfig, Transport, free_addr},
-    process::ScratchDir,
+    temp_dir::TempDir,
 };
 
 use crate::{report::Target, stats::Summary};
@@ -60,7 +60,7 @@ X-MS.com-version: 7.1\n\
 A short body, as most mail is: the milter never reads it.\n";
 
 pub fn run(options: &MilterCostOptions) -> anyhow::Result<MilterCostResults> {
-    let scratch = ScratchDir::new("bench-mail");
+    let scratch = TempDir::new("bench-mail");
     std::fs::create_dir_all(scratch.path()).context("creating the scratch directory")?;
     let message = scratch.path().join("message.txt");
     std::fs::write(&message, MESSAGE).context("writing the message")?;

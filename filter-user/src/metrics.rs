@@ -2,7 +2,7 @@
 //! attachments, copied into the `metrics` registry on every daemon tick and served by
 //! metrics-exporter-prometheus's HTTP listener.
 
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Mutex};
 
 use anyhow::Context as _;
 use filter_common::{Counters, Family};
@@ -57,7 +57,21 @@ pub fn publish_dns(stats: &crate::dns::DnsStats) {
     for (guard, count) in &stats.refusals_by_guard {
         counter!("mxguard_dns_refusals_total", "guard" => guard.clone()).absolute(*count);
     }
-    // Per source, labelled `kind` (host or spf) and `source` (the configured name).
+    // Per source, labelled `kind` (host or spf) and `source` (the configured name). The
+    // exporter cannot forget a series: a source a reload removed is published as 0 entries.
+    static PUBLISHED: Mutex<BTreeSet<(&'static str, String)>> = Mutex::new(BTreeSet::new());
+    let now: BTreeSet<(&'static str, String)> = stats
+        .sources
+        .keys()
+        .map(|source| (source.kind(), source.name().to_owned()))
+        .collect();
+    let mut published = PUBLISHED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (kind, name) in published.difference(&now) {
+        gauge!("mxguard_dns_source_entries", "kind" => *kind, "source" => name.clone()).set(0.0);
+    }
+    published.extend(now);
     for (source, per) in &stats.sources {
         let labels = [
             ("kind", source.kind().to_owned()),

@@ -205,33 +205,3 @@ pub fn scrape_metrics(netns: &crate::netns::Netns, addr: std::net::SocketAddr) -
         })
         .expect("entering the namespace")
 }
-
-/// A directory under the temp dir unique to this process and `tag`, removed on drop (state
-/// directories and the like).
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(tag: &str) -> ScratchDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("mxguard-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        ScratchDir(path)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    /// The path as a command-line argument.
-    pub fn arg(&self) -> &str {
-        self.0.to_str().expect("temp paths are UTF-8")
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}

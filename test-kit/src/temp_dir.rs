@@ -6,12 +6,20 @@ use std::path::PathBuf;
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    /// `/tmp/mxguard-TAG-PID`, created empty.
+    /// `/tmp/mxguard-TAG-PID-N`, created empty; N tells apart the directories of tests that
+    /// run at once in one test process.
     pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("mxguard-{tag}-{}", std::process::id()));
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mxguard-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the test directory");
         TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 
     /// The path as a command-line argument.

@@ -245,6 +245,81 @@ fn a_pinned_allowlist_kept_for_a_lost_state_file_still_passes_the_guards() {
 }
 
 #[test]
+fn a_name_a_reload_removes_leaves_the_allowlist_and_its_entries_gauge_reads_zero() {
+    let lab = MailLab::new();
+    let _smtp = lab.server.listen(25);
+    let (_runtime, dns) = dns_in_server(&lab);
+    dns.set("relay.mx.test", &[&MailLab::RELAY.v4.to_string()], 60);
+    dns.set("old.mx.test", &[&MailLab::DIRECT.v4.to_string()], 60);
+    let dir = TempDir::new("dns-reload");
+    let pins = TestPins::new();
+    let config = dir.path().join("mxguard.toml");
+    let write_config = |hosts: &str| {
+        let text = format!(
+            "iface = [\"eth0\"]\nallow-host = [{hosts}]\ndns-server = [\"{}\"]\n\
+             dns-timeout = \"300ms\"\nstate-dir = \"{}\"\nmetrics-addr = \"127.0.0.1:9725\"\n",
+            dns.addr(),
+            dir.arg()
+        );
+        let temporary = dir.path().join("mxguard.toml.new");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, &config).unwrap();
+    };
+    write_config("\"relay.mx.test\", \"old.mx.test\"");
+    let mut command = lab.server.command(mxguard_bin());
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args([
+            "--stats-interval",
+            "0",
+            "--pin-dir",
+            pins.arg(),
+            "--detach-on-exit",
+        ])
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::spawn(command);
+    daemon.wait_for("enforcing", Duration::from_secs(30), |l| {
+        l.contains("switching from MONITOR to enforcing")
+    });
+    let old = "source=\"old.mx.test.\"";
+    let entries_of_old = || {
+        scrape_metrics(&lab.server, addr(std::net::Ipv4Addr::LOCALHOST, 9725))
+            .lines()
+            .find(|l| l.starts_with("mxguard_dns_source_entries") && l.contains(old))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entries_of_old() != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old.mx.test never showed 1 entry: {:?}",
+            entries_of_old()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    connects(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
+
+    write_config("\"relay.mx.test\"");
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.wait_for("the reload", Duration::from_secs(10), |l| {
+        l.contains("configuration reloaded")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while entries_of_old() != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a removed source must not keep reporting its entries: {:?}",
+            entries_of_old()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
+    connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &daemon);
+    assert!(daemon.stop().success(), "{}", daemon.log_tail());
+}
+
+#[test]
 fn a_relay_known_only_through_an_spf_include_connects_and_guards_keep_the_rest_out() {
     let lab = MailLab::new();
     let _smtp = lab.server.listen(25);

@@ -12,8 +12,9 @@ use test_kit::{
     dns_server,
     lab::MailLab,
     postfix::{Postfix, PostfixConfig, Swaks, SwaksOutcome},
-    process::{Daemon, ScratchDir, mxguard_bin, status_json},
+    process::{Daemon, mxguard_bin, status_json},
     root::require_root,
+    temp_dir::TempDir,
 };
 
 const MILTER: &str = "inet:127.0.0.1:8891";
@@ -25,7 +26,7 @@ const VERSION_HEADER: &str = "X-MS.com-version";
 struct Rig {
     mxguard: Option<Daemon>,
     postfix: Postfix,
-    state: ScratchDir,
+    state: TempDir,
     lab: MailLab,
 }
 
@@ -35,7 +36,7 @@ impl Rig {
     fn new(extra: &[&str]) -> Rig {
         require_root();
         let lab = MailLab::new();
-        let state = ScratchDir::new("milter-state");
+        let state = TempDir::new("milter-state");
         let mxguard = Some(start_mxguard(&lab, &state, extra));
         let postfix = start_postfix(&lab, "tempfail");
         Rig {
@@ -116,7 +117,7 @@ fn with_headers(swaks: Swaks) -> Swaks {
         .header(VERSION_HEADER, "7.1")
 }
 
-fn start_mxguard(lab: &MailLab, state: &ScratchDir, extra: &[&str]) -> Daemon {
+fn start_mxguard(lab: &MailLab, state: &TempDir, extra: &[&str]) -> Daemon {
     let mut command = lab.server.command(mxguard_bin());
     command
         .args(["run", "--milter", MILTER])
@@ -397,7 +398,7 @@ fn milter_down_follows_milter_default_action() {
 #[test]
 fn sighup_changes_the_required_headers_for_the_next_mail() {
     require_root();
-    let config = ScratchDir::new("milter-config");
+    let config = TempDir::new("milter-config");
     std::fs::create_dir_all(config.path()).expect("config dir");
     let file = config.path().join("mxguard.toml");
     std::fs::write(
@@ -442,7 +443,7 @@ fn an_allowlist_change_from_dns_decides_the_next_mail() {
         &[&MailLab::RELAY.v4.to_string()],
         1,
     );
-    let state = ScratchDir::new("milter-dns");
+    let state = TempDir::new("milter-dns");
     let mut command = lab.server.command(mxguard_bin());
     command
         .args([

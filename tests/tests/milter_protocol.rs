@@ -23,7 +23,7 @@ use miltr_common::{
     modifications::{ModificationAction, ModificationResponse},
     optneg::{OptNeg, Protocol},
 };
-use test_kit::{postfix::free_addr, process::ScratchDir};
+use test_kit::{postfix::free_addr, temp_dir::TempDir};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt as _};
 
 const RELAY: &str = "192.0.2.10";
@@ -34,7 +34,7 @@ const BOTH: &[(&str, &str)] = &[("X-MS.com-server", "mx1"), ("X-MS.com-version",
 struct Server {
     handle: MilterHandle,
     addr: SocketAddr,
-    _state: ScratchDir,
+    _state: TempDir,
 }
 
 impl Server {
@@ -65,7 +65,7 @@ impl Server {
             max_connections,
             idle_timeout,
         };
-        let state = ScratchDir::new("milter-protocol");
+        let state = TempDir::new("milter-protocol");
         let allow = BTreeSet::from([RELAY.parse().unwrap()]);
         let handle = MilterHandle::bind(&settings, state.path())
             .expect("binding the milter")
