@@ -429,12 +429,16 @@ async fn an_idle_connection_is_closed_and_frees_its_slot() {
         "closed after the idle timeout, not at once: {:?}",
         started.elapsed()
     );
-    assert_eq!(
-        server.counts().connection_errors,
-        1,
-        "{:?}",
-        server.counts()
-    );
+    // The socket closes a moment before the connection's task counts its end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while server.counts().connection_errors != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle close is counted as a connection error: {:?}",
+            server.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(silent);
     // The only slot is free again: a new connection is served.
     let mut fresh = Mta::open(&server, RELAY).await;

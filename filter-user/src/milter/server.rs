@@ -6,7 +6,10 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -42,7 +45,11 @@ pub struct MilterHandle {
     current: BTreeSet<Cidr>,
     task: tokio::task::JoinHandle<()>,
     state_dir: PathBuf,
-    status_write_failed: bool,
+    /// The last write of the `status` file, off the daemon's loop (a stalled disk must not
+    /// hold up allowlist updates); a new one is skipped while it runs.
+    status_write: Option<tokio::task::JoinHandle<()>>,
+    /// The last write failed (warned once until one succeeds).
+    status_write_failed: Arc<AtomicBool>,
 }
 
 /// A bound milter endpoint, not serving yet: the daemon binds before it touches the kernel
@@ -85,7 +92,8 @@ impl BoundMilter {
             current: allowlist.clone(),
             task,
             state_dir: self.state_dir,
-            status_write_failed: false,
+            status_write: None,
+            status_write_failed: Arc::new(AtomicBool::new(false)),
         };
         handle.write_status();
         handle
@@ -142,30 +150,47 @@ impl MilterHandle {
         self.stats.counts()
     }
 
-    /// Writes the counters for `mxguard status` (warns once if the state dir is unwritable).
+    /// Writes the counters for `mxguard status` in the background (warns once if the state
+    /// dir is unwritable).
     pub fn write_status(&mut self) {
-        let status = MilterStatus {
+        if self
+            .status_write
+            .as_ref()
+            .is_some_and(|write| !write.is_finished())
+        {
+            return;
+        }
+        let status = self.status();
+        let state_dir = self.state_dir.clone();
+        let failed = self.status_write_failed.clone();
+        self.status_write = Some(tokio::task::spawn_blocking(move || {
+            match stats::write(&state_dir, &status) {
+                Ok(()) => failed.store(false, Ordering::Relaxed),
+                Err(error) if !failed.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!("milter counters for `status` not written: {error:#}");
+                }
+                Err(_) => {}
+            }
+        }));
+    }
+
+    fn status(&self) -> MilterStatus {
+        MilterStatus {
             endpoint: self.endpoint.to_string(),
             pid: std::process::id(),
             updated_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             counts: self.counts(),
-        };
-        match stats::write(&self.state_dir, &status) {
-            Ok(()) => self.status_write_failed = false,
-            Err(error) if !self.status_write_failed => {
-                tracing::warn!("milter counters for `status` not written: {error:#}");
-                self.status_write_failed = true;
-            }
-            Err(_) => {}
         }
     }
 
-    /// Stops accepting and removes a unix socket.
-    pub fn stop(mut self) {
+    /// Stops accepting, writes the final counters and removes a unix socket.
+    pub fn stop(self) {
         self.task.abort();
-        self.write_status();
+        if let Err(error) = stats::write(&self.state_dir, &self.status()) {
+            tracing::warn!("final milter counters for `status` not written: {error:#}");
+        }
         if let MilterEndpoint::Unix(path) = &self.endpoint {
             let _ = std::fs::remove_file(path);
         }
