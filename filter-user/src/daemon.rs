@@ -269,7 +269,7 @@ fn reconfigure(
     crate::config::check_reloadable(running, &new)?;
     // Build the new sources before touching anything, so a failure leaves all as it was.
     let replacement = (new.allow != running.allow || new.dns != running.dns)
-        .then(|| AllowSources::start(&new, &BTreeSet::new()))
+        .then(|| AllowSources::start(&new, &filter.allowlist.entries()?))
         .transpose()?;
     filter.maps.ports.set(&new.ports, &running.ports)?;
     filter
@@ -358,7 +358,7 @@ async fn run_milter_only(
                 let applied = reload().and_then(|new| {
                     crate::config::check_reloadable(&plan, &new)?;
                     let replacement = (new.allow != plan.allow || new.dns != plan.dns)
-                        .then(|| AllowSources::start(&new, &BTreeSet::new()))
+                        .then(|| AllowSources::start(&new, milter.allowlist()))
                         .transpose()?;
                     reconfigure_milter(Some(&mut milter), &new, replacement.as_ref().map(|(initial, _)| initial));
                     if let Some((_, replacement)) = replacement {
@@ -408,12 +408,13 @@ struct AllowSources {
 
 impl AllowSources {
     /// Restores names from the state file and starts resolving; returns the allowlist to fill
-    /// right away. When the state file gives nothing (missing or corrupt), the entries already
-    /// in the pinned maps (`pinned`) are kept until DNS answers: a lost state file must not
+    /// right away. When the state file gives nothing (missing, corrupt or unwritable), the
+    /// entries already in the map (`in_place`: pinned by an earlier run, or the allowlist
+    /// before a reload) are kept until every DNS source answers: a lost state file must not
     /// empty a working allowlist.
     fn start(
         plan: &RunPlan,
-        pinned: &BTreeSet<crate::cidr::Cidr>,
+        in_place: &BTreeSet<crate::cidr::Cidr>,
     ) -> anyhow::Result<(BTreeSet<crate::cidr::Cidr>, Self)> {
         let Some(settings) = &plan.dns else {
             return Ok((
@@ -426,16 +427,15 @@ impl AllowSources {
         };
         let mut engine = DnsEngine::from_settings(settings, &plan.allow)?;
         let restored = engine.restore();
-        let mut initial = engine.wanted();
-        if restored == 0 && !pinned.is_empty() {
-            let kept = engine.screen_pinned(pinned);
+        if restored == 0 && !in_place.is_empty() {
+            let kept = engine.keep_in_place(in_place);
             tracing::warn!(
-                entries = pinned.len(),
-                kept = kept.len(),
-                "no addresses restored from the state file: keeping the pinned allowlist until DNS answers"
+                entries = in_place.len(),
+                kept,
+                "no addresses restored from the state file: keeping the allowlist in place until every DNS source answers"
             );
-            initial.extend(kept);
         }
+        let initial = engine.wanted();
         tracing::info!(
             hosts = ?settings.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
             spf = ?settings.spf.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -85,7 +85,19 @@ pub struct DnsEngine<R: Resolve> {
     /// DNS confirmed or expired something since the state file was last written.
     unsaved: bool,
     stats: DnsStats,
+    /// Entries kept in place of a state file that restored nothing (see [`DnsEngine::keep_in_place`]).
+    fallback: Fallback,
     random: Box<dyn FnMut() -> f64 + Send>,
+}
+
+/// The allowlist an earlier run (or the configuration before a reload) left in the maps,
+/// screened by the guards. It stays wanted until every DNS source has answered in this run,
+/// so the union is whole again, or until the stale grace runs out: fail-static like a name's
+/// last known addresses.
+#[derive(Debug, Default)]
+struct Fallback {
+    entries: BTreeSet<Cidr>,
+    until: Option<Instant>,
 }
 
 impl DnsEngine<HickoryResolve> {
@@ -131,6 +143,7 @@ impl<R: Resolve> DnsEngine<R> {
             state_file,
             unsaved: false,
             stats: DnsStats::default(),
+            fallback: Fallback::default(),
             random: Box::new(fastrand::f64),
         }
     }
@@ -266,14 +279,16 @@ impl<R: Resolve> DnsEngine<R> {
         restored
     }
 
-    /// The entries a previous run left in the pinned map, screened like a DNS answer before
-    /// they are kept in place of a lost state file: whatever the guards in force now refuse
-    /// stays out. Entries the engine wants anyway (static prefixes) pass untouched. The map
-    /// holds every DNS source at once, so the cap is the per-source cap times their number;
-    /// over it, nothing is kept.
-    pub fn screen_pinned(&mut self, pinned: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
+    /// Keeps the entries already in the map (`in_place`: what an earlier run pinned, or the
+    /// allowlist before a reload) wanted until every DNS source has answered, for when the
+    /// state file restored nothing: a lost file must not empty a working allowlist. They are
+    /// screened like a DNS answer first, so whatever the guards in force now refuse stays out;
+    /// entries the engine wants anyway (static prefixes) pass untouched. The map holds every
+    /// DNS source at once, so the cap is the per-source cap times their number; over it,
+    /// nothing is kept. Returns how many are kept.
+    pub fn keep_in_place(&mut self, in_place: &BTreeSet<Cidr>) -> usize {
         let wanted = self.wanted();
-        let candidates: BTreeSet<Cidr> = pinned.difference(&wanted).copied().collect();
+        let candidates: BTreeSet<Cidr> = in_place.difference(&wanted).copied().collect();
         let sources = (self.names.len() + self.spf.len()).max(1);
         let guards = Guards {
             max_prefixes: self.guards.max_prefixes.saturating_mul(sources),
@@ -293,7 +308,7 @@ impl<R: Resolve> DnsEngine<R> {
             tracing::warn!(
                 guard = guard.label(),
                 refused = %list(refused),
-                "pinned allowlist entries refused by a guard; they are not kept"
+                "allowlist entries in place refused by a guard; they are not kept"
             );
         }
         if let Some(found) = screened.over_cap {
@@ -306,15 +321,59 @@ impl<R: Resolve> DnsEngine<R> {
                 guard = Guard::MaxPrefixes.label(),
                 found,
                 cap = guards.max_prefixes,
-                "the pinned allowlist holds more DNS-derived entries than the cap allows; none are kept"
+                "the allowlist in place holds more DNS-derived entries than the cap allows; none are kept"
             );
         }
-        screened.kept
+        self.fallback = Fallback {
+            until: (!screened.kept.is_empty()).then(|| Instant::now() + self.policy.stale_grace),
+            entries: screened.kept,
+        };
+        self.fallback.entries.len()
     }
 
-    /// The allowlist the map must hold: static prefixes and every name's addresses.
+    /// Drops the kept-in-place entries once every DNS source has answered in this run, or
+    /// once the stale grace has passed without that.
+    fn retire_fallback(&mut self, now: Instant) {
+        let Some(until) = self.fallback.until else {
+            return;
+        };
+        let answered = |source: Source| {
+            self.stats
+                .sources
+                .get(&source)
+                .is_some_and(|stats| stats.last_success_unix.is_some())
+        };
+        let all_answered = self
+            .names
+            .keys()
+            .all(|name| answered(Source::Host(name.clone())))
+            && self
+                .spf
+                .keys()
+                .all(|name| answered(Source::Spf(name.clone())));
+        if all_answered {
+            tracing::info!(
+                entries = self.fallback.entries.len(),
+                "every DNS source has answered: the allowlist kept in place gives way to the answers"
+            );
+        } else if now >= until {
+            tracing::warn!(
+                entries = %list(&self.fallback.entries),
+                stale_grace = ?self.policy.stale_grace,
+                "DNS did not answer within the stale grace: the allowlist kept in place is removed"
+            );
+        } else {
+            return;
+        }
+        self.fallback = Fallback::default();
+    }
+
+    /// The allowlist the map must hold: static prefixes and every source's prefixes (and
+    /// the entries kept in place, while they last).
     pub fn wanted(&self) -> BTreeSet<Cidr> {
-        self.sources.union()
+        let mut wanted = self.sources.union();
+        wanted.extend(self.fallback.entries.iter().copied());
+        wanted
     }
 
     pub fn stats(&self) -> &DnsStats {
@@ -334,6 +393,7 @@ impl<R: Resolve> DnsEngine<R> {
         let names = self.names.values().map(NameState::next_event);
         names
             .chain(self.spf.values().map(SpfState::next_event))
+            .chain(self.fallback.until)
             .min()
     }
 
@@ -397,6 +457,7 @@ impl<R: Resolve> DnsEngine<R> {
         }
         // Lookups take time: something may have gone stale meanwhile.
         persist |= self.expire(Instant::now());
+        self.retire_fallback(Instant::now());
         self.unsaved |= persist;
         self.wanted() != before
     }
@@ -1267,20 +1328,21 @@ mod tests {
     }
 
     #[test]
-    fn the_pinned_fallback_keeps_only_what_the_guards_allow_now() {
+    fn entries_kept_in_place_are_only_what_the_guards_allow_now() {
         let resolver = Scripted::default();
         let mut fallback = engine(&resolver, policy(1, 60, 600), &["relay.test"], None)
             .with_guards(Guards {
                 allow_within: cidrs(&["192.0.2.0/24"]).into_iter().collect(),
                 ..Guards::default()
             });
-        let pinned = cidrs(&[
+        let in_place = cidrs(&[
             "198.51.100.0/24", // static now: wanted anyway, not screened
             "192.0.2.1",
             "203.0.113.9", // outside --dns-allow-within
             "192.0.0.0/8", // shorter than --dns-min-prefix-v4
         ]);
-        assert_eq!(fallback.screen_pinned(&pinned), cidrs(&["192.0.2.1"]));
+        assert_eq!(fallback.keep_in_place(&in_place), 1);
+        assert_eq!(fallback.wanted(), cidrs(&["198.51.100.0/24", "192.0.2.1"]));
         let refusals = &fallback.stats().refusals_by_guard;
         assert_eq!(refusals.get("allow-within"), Some(&1), "{refusals:?}");
         assert_eq!(refusals.get("min-prefix"), Some(&1), "{refusals:?}");
@@ -1291,16 +1353,53 @@ mod tests {
                 max_prefixes: 1,
                 ..Guards::default()
             });
-        assert!(
-            capped
-                .screen_pinned(&cidrs(&["192.0.2.1", "192.0.2.2"]))
-                .is_empty(),
-            "a pinned set over the cap is not kept"
-        );
+        assert_eq!(capped.keep_in_place(&cidrs(&["192.0.2.1", "192.0.2.2"])), 0);
+        assert_eq!(capped.wanted(), cidrs(&["198.51.100.0/24"]));
         assert_eq!(
             capped.stats().refusals_by_guard.get("max-prefixes"),
             Some(&1)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_kept_in_place_survive_failures_until_every_source_answers() {
+        let resolver = Scripted::default();
+        resolver.set("a.relay.test", v4(&["192.0.2.1"], 30));
+        // b.relay.test fails (NXDOMAIN) at first.
+        let mut engine = engine(
+            &resolver,
+            policy(1, 60, 600),
+            &["a.relay.test", "b.relay.test"],
+            None,
+        );
+        engine.keep_in_place(&cidrs(&["192.0.2.1", "192.0.2.2"]));
+        engine.step().await;
+        assert_eq!(
+            engine.wanted(),
+            cidrs(&["198.51.100.0/24", "192.0.2.1", "192.0.2.2"]),
+            "one source still failing: what was in place stays"
+        );
+        resolver.set("b.relay.test", v4(&["192.0.2.3"], 30));
+        tokio::time::sleep(5 * S).await;
+        engine.step().await;
+        assert_eq!(
+            engine.wanted(),
+            cidrs(&["198.51.100.0/24", "192.0.2.1", "192.0.2.3"]),
+            "every source answered: the answers replace what was in place"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_kept_in_place_go_after_the_stale_grace_without_answers() {
+        let resolver = Scripted::default();
+        let mut engine = engine(&resolver, policy(1, 60, 600), &["relay.test"], None);
+        engine.keep_in_place(&cidrs(&["192.0.2.1"]));
+        engine.step().await;
+        assert!(engine.wanted().contains(&"192.0.2.1".parse().unwrap()));
+        assert!(engine.next_event().unwrap() <= Instant::now() + 600 * S);
+        tokio::time::sleep(601 * S).await;
+        engine.step().await;
+        assert_eq!(engine.wanted(), cidrs(&["198.51.100.0/24"]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -142,6 +142,11 @@ impl MilterHandle {
         self.policy.send_replace(Arc::new(policy.clone()));
     }
 
+    /// The allowlist the milter judges by now.
+    pub fn allowlist(&self) -> &BTreeSet<Cidr> {
+        &self.current
+    }
+
     pub fn allowlist_len(&self) -> usize {
         self.current.len()
     }
