@@ -18,7 +18,7 @@ use super::{
     DnsSettings, FailureKind, FamilyAnswer, HickoryResolve, HostName, NameAnswer, RefreshPolicy,
     Resolve,
     guards::{Guard, Guards},
-    refresh::{FamilyState, NameState, Refreshed},
+    refresh::{Families, FamilyState, NameFailure, NameState, Refreshed},
     sources::{Source, Sources},
     spf_expand::{self, Expansion, render_chain},
     spf_source::SpfState,
@@ -517,10 +517,28 @@ impl<R: Resolve> DnsEngine<R> {
             return false;
         };
         self.stats.lookups += 1;
-        let refreshed = state.apply(answer, now, &self.policy, random);
+        let before = (state.v4.clone(), state.v6.clone());
+        let mut refreshed = state.apply(answer, now, &self.policy, random);
+        // One family's fresh answer next to the other's kept addresses may pass the cap that
+        // each answer alone stayed under: the last good set stands then.
+        let merged = state.addresses().len();
+        let over_cap = merged > self.guards.max_prefixes;
+        if over_cap {
+            (state.v4, state.v6) = before;
+            refreshed.added.clear();
+            refreshed.removed.clear();
+            refreshed.confirmed = false;
+            refreshed.failure = Some(NameFailure {
+                families: Families::Both,
+                kind: FailureKind::OverCap(merged),
+            });
+        }
         let addresses = state.addresses();
         let failures_in_row = state.failures_in_row;
         self.set_source(&source, &to_cidrs(&addresses));
+        if over_cap {
+            self.count_cap_refusal(&source);
+        }
         self.count_round(
             &source,
             refreshed.failure.iter().map(|f| &f.kind),
@@ -576,6 +594,11 @@ impl<R: Resolve> DnsEngine<R> {
         let source = Source::Spf(name.clone());
         let outcome = outcome.and_then(|mut expansion| {
             self.warn_ignored(&source, &expansion);
+            // A record that passes nothing at all (`v=spf1 -all`, only ignored terms) is
+            // treated like an empty name answer: a failure that keeps the last good set.
+            if expansion.prefixes.is_empty() && expansion.failed.is_empty() {
+                return Err(FailureKind::Empty);
+            }
             let candidates = expansion.prefixes.keys().copied().collect();
             let kept = self.screen(&source, &candidates)?;
             expansion.prefixes.retain(|cidr, _| kept.contains(cidr));
@@ -585,10 +608,25 @@ impl<R: Resolve> DnsEngine<R> {
             return false;
         };
         self.stats.lookups += 1;
-        let done = state.apply(outcome, now, &self.policy, random);
+        let before = state.entries.clone();
+        let mut done = state.apply(outcome, now, &self.policy, random);
+        // The fresh parts next to failed parts' kept prefixes may pass the cap that the
+        // fresh expansion alone stayed under: the last good set stands then.
+        let merged = state.prefixes().len();
+        let over_cap = merged > self.guards.max_prefixes;
+        if over_cap {
+            state.entries = before;
+            done.added.clear();
+            done.removed.clear();
+            done.confirmed = false;
+            done.failure = Some(FailureKind::OverCap(merged));
+        }
         let prefixes = state.prefixes();
         let failures_in_row = state.failures_in_row;
         self.set_source(&source, &prefixes);
+        if over_cap {
+            self.count_cap_refusal(&source);
+        }
         let failures = done
             .failure
             .iter()
@@ -744,6 +782,18 @@ impl<R: Resolve> DnsEngine<R> {
             .entry(source.clone())
             .or_default()
             .entries = cidrs.len() as u64;
+    }
+
+    /// Counts a merged set refused for the cap, as `screen` counts a refused answer.
+    fn count_cap_refusal(&mut self, source: &Source) {
+        let label = Guard::MaxPrefixes.label();
+        let stats = self.stats.sources.entry(source.clone()).or_default();
+        *stats.refusals_by_guard.entry(label.into()).or_default() += 1;
+        *self
+            .stats
+            .refusals_by_guard
+            .entry(label.into())
+            .or_default() += 1;
     }
 
     /// Counts one lookup round of `source` and its failures, in the totals and per source.
@@ -1039,7 +1089,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::dns::FamilyAnswer;
+    use crate::dns::{Answer, FamilyAnswer};
 
     const S: Duration = Duration::from_secs(1);
 
@@ -1047,10 +1097,18 @@ mod tests {
     #[derive(Clone, Default)]
     struct Scripted {
         answers: Arc<Mutex<BTreeMap<HostName, NameAnswer>>>,
+        txt: Arc<Mutex<BTreeMap<HostName, Answer<Vec<String>>>>>,
         lookups: Arc<Mutex<Vec<(HostName, Instant)>>>,
     }
 
     impl Scripted {
+        fn set_txt(&self, name: &str, answer: Answer<Vec<String>>) {
+            self.txt
+                .lock()
+                .unwrap()
+                .insert(name.parse().unwrap(), answer);
+        }
+
         fn set(&self, name: &str, answer: NameAnswer) {
             self.answers
                 .lock()
@@ -1070,6 +1128,15 @@ mod tests {
     }
 
     impl Resolve for Scripted {
+        async fn txt(&self, name: &HostName) -> Answer<Vec<String>> {
+            self.txt
+                .lock()
+                .unwrap()
+                .get(name)
+                .cloned()
+                .unwrap_or(Answer::Failed(FailureKind::NxDomain))
+        }
+
         async fn lookup(&self, name: &HostName) -> NameAnswer {
             self.lookups
                 .lock()
@@ -1429,5 +1496,78 @@ mod tests {
             });
         assert_eq!(third.restore(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn spf_record(text: &str, ttl: u64) -> Answer<Vec<String>> {
+        Answer::Records {
+            data: vec![text.to_owned()],
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    fn spf_engine(resolver: &Scripted, guards: Guards) -> DnsEngine<Scripted> {
+        engine(resolver, policy(1, 60, 600), &[], None)
+            .with_spf(&["_spf.relay.test".parse().unwrap()].into())
+            .with_guards(guards)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_spf_record_that_passes_nothing_keeps_the_last_good_prefixes() {
+        let resolver = Scripted::default();
+        resolver.set_txt(
+            "_spf.relay.test",
+            spf_record("v=spf1 ip4:192.0.2.0/26 -all", 5),
+        );
+        let mut engine = spf_engine(&resolver, Guards::default());
+        engine.step().await;
+        assert_eq!(engine.wanted(), cidrs(&["198.51.100.0/24", "192.0.2.0/26"]));
+        // A hijacked or broken zone: nothing passes any more.
+        resolver.set_txt("_spf.relay.test", spf_record("v=spf1 -all", 5));
+        tokio::time::sleep(6 * S).await;
+        engine.step().await;
+        assert_eq!(
+            engine.wanted(),
+            cidrs(&["198.51.100.0/24", "192.0.2.0/26"]),
+            "an empty expansion is a failure, not an empty set"
+        );
+        assert_eq!(
+            engine.stats().failures_by_kind.get("empty answer"),
+            Some(&1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_parts_and_kept_parts_together_stay_under_the_cap() {
+        let resolver = Scripted::default();
+        resolver.set_txt(
+            "_spf.relay.test",
+            spf_record("v=spf1 include:_a.relay.test include:_b.relay.test -all", 5),
+        );
+        resolver.set_txt(
+            "_a.relay.test",
+            spf_record("v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 -all", 5),
+        );
+        resolver.set_txt("_b.relay.test", spf_record("v=spf1 ip4:192.0.2.3 -all", 5));
+        let guards = Guards {
+            max_prefixes: 3,
+            ..Guards::default()
+        };
+        let mut engine = spf_engine(&resolver, guards);
+        engine.step().await;
+        let first = cidrs(&["198.51.100.0/24", "192.0.2.1", "192.0.2.2", "192.0.2.3"]);
+        assert_eq!(engine.wanted(), first);
+        // _a fails and keeps its two; _b now gives two new ones: 4 together, over the cap.
+        resolver.set_txt("_a.relay.test", Answer::Failed(FailureKind::Timeout));
+        resolver.set_txt(
+            "_b.relay.test",
+            spf_record("v=spf1 ip4:192.0.2.4 ip4:192.0.2.5 -all", 5),
+        );
+        tokio::time::sleep(6 * S).await;
+        engine.step().await;
+        assert_eq!(engine.wanted(), first, "the last good set stands");
+        assert_eq!(
+            engine.stats().refusals_by_guard.get("max-prefixes"),
+            Some(&1)
+        );
     }
 }
