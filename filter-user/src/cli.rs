@@ -680,8 +680,14 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let duration = match unit {
         "" | "s" => Duration::from_secs(value),
         "ms" => Duration::from_millis(value),
-        "m" => Duration::from_secs(value * 60),
-        "h" => Duration::from_secs(value * 3600),
+        "m" | "h" => {
+            let scale = if unit == "m" { 60 } else { 3600 };
+            Duration::from_secs(
+                value
+                    .checked_mul(scale)
+                    .with_context(|| format!("{text:?} is too long a duration"))?,
+            )
+        }
         _ => bail!("{text:?} has an unknown unit {unit:?} (use ms, s, m or h)"),
     };
     Ok(duration)
@@ -1067,6 +1073,7 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX / 60)).is_err());
         assert!(parse_duration("5d").is_err());
     }
 }

@@ -21,7 +21,7 @@ use miltr_common::{
     commands::{Connect, Family, Header},
     decoding::ServerCommand,
     modifications::{ModificationAction, ModificationResponse},
-    optneg::{OptNeg, Protocol},
+    optneg::{Capability, OptNeg, Protocol},
 };
 use test_kit::{postfix::free_addr, temp_dir::TempDir};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt as _};
@@ -111,6 +111,15 @@ impl Mta {
     /// As [`Mta::open`], offering only `protocol` (an MTA without the no-reply steps answers
     /// a refusal at the end of the headers).
     async fn open_offering(server: &Server, client: &str, protocol: Protocol) -> Mta {
+        let options = OptNeg {
+            protocol,
+            ..OptNeg::default()
+        };
+        Mta::open_negotiating(server, client, options).await
+    }
+
+    /// As [`Mta::open`], negotiating `options` (the MTA's protocol steps and capabilities).
+    async fn open_negotiating(server: &Server, client: &str, options: OptNeg) -> Mta {
         // Connected asynchronously: the server runs on this runtime too.
         let stream = tokio::net::TcpStream::connect(server.addr)
             .await
@@ -121,10 +130,6 @@ impl Mta {
         let stream = tokio::net::TcpStream::from_std(stream)
             .expect("tokio stream")
             .compat();
-        let options = OptNeg {
-            protocol,
-            ..OptNeg::default()
-        };
         let mut connection = Client::new(options)
             .connect_via(stream)
             .await
@@ -272,6 +277,29 @@ async fn an_mta_without_the_no_reply_steps_gets_every_answer() {
     assert_accepted(&relay.message(BOTH).await);
     let counts = server.counts();
     assert_eq!((counts.accepted, counts.missing), (1, 1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mta_without_the_hold_queue_gets_a_tempfail_for_quarantine() {
+    let server = Server::start(16, MilterAction::Quarantine);
+    let options = OptNeg {
+        protocol: Protocol::all(),
+        capabilities: Capability::all() - Capability::SMFIF_QUARANTINE,
+        ..OptNeg::default()
+    };
+    let mut mta = Mta::open_negotiating(&server, DIRECT, options).await;
+    assert_refused(
+        &mta.message(&[]).await,
+        "451 4.7.1 no X-MS.com-server header",
+    );
+    // An MTA that grants it gets the quarantine.
+    let mut full = Mta::open(&server, DIRECT).await;
+    let answered = full.message(&[]).await;
+    assert!(
+        matches!(&answered, Answered::Accepted(mods)
+            if matches!(mods.as_slice(), [ModificationAction::Quarantine(_)])),
+        "{answered:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,35 @@ pub fn answer_before_relays_known(policy: &Policy, verdict: &Verdict) -> Answer 
     }
 }
 
+/// What the MTA granted at option negotiation that some answers need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Granted {
+    /// SMFIF_QUARANTINE: the hold queue.
+    pub quarantine: bool,
+    /// SMFIF_ADDHDRS and SMFIF_CHGHDRS: the tag (and removing a sender's own).
+    pub headers: bool,
+}
+
+impl Granted {
+    pub const ALL: Granted = Granted {
+        quarantine: true,
+        headers: true,
+    };
+}
+
+/// `answer` as the MTA can carry it out (docs/milter.md, D13): without the hold queue a
+/// quarantine becomes a tempfail (the mail is neither delivered nor lost: the sender retries),
+/// without header changes a tag becomes a plain accept (what tag lets through anyway).
+pub fn within(granted: Granted, answer: Answer, verdict: &Verdict) -> Answer {
+    match answer {
+        Answer::Quarantine(_) if !granted.quarantine => {
+            answer_with(MilterAction::Tempfail, verdict)
+        }
+        Answer::Tag(_) if !granted.headers => Answer::Continue,
+        answer => answer,
+    }
+}
+
 fn answer_with(action: MilterAction, verdict: &Verdict) -> Answer {
     let text = reason(verdict).unwrap_or_default();
     match action {
@@ -116,6 +145,30 @@ mod tests {
             on_missing: action,
             on_forged: action,
         }
+    }
+
+    #[test]
+    fn answers_the_mta_cannot_carry_out_fall_back() {
+        let missing = Verdict::Missing("X-MS.com-server".parse().unwrap());
+        let quarantine = answer(&policy(MilterAction::Quarantine), &missing);
+        let tag = answer(&policy(MilterAction::Tag), &missing);
+        assert_eq!(
+            within(Granted::ALL, quarantine.clone(), &missing),
+            quarantine
+        );
+        assert_eq!(within(Granted::ALL, tag.clone(), &missing), tag);
+        let none = Granted {
+            quarantine: false,
+            headers: false,
+        };
+        assert_eq!(
+            within(none, quarantine, &missing).action(),
+            Some(MilterAction::Tempfail),
+            "no hold queue: the mail waits at the sender"
+        );
+        assert_eq!(within(none, tag, &missing), Answer::Continue);
+        let reject = answer(&policy(MilterAction::Reject), &missing);
+        assert_eq!(within(none, reject.clone(), &missing), reject);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::{
     AllowSnapshot, MilterAction, Policy, Verdict,
     decision::{self, HeaderTally, Session},
-    outcome::{self, Answer, VERDICT_HEADER},
+    outcome::{self, Answer, Granted, VERDICT_HEADER},
     stats::MilterStats,
 };
 
@@ -39,6 +39,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct MilterSession {
     shared: Shared,
+    /// What the MTA granted at option negotiation (all until it negotiates).
+    granted: Granted,
     session: Session,
     /// The client as Postfix named it, for the log.
     peer: String,
@@ -66,6 +68,7 @@ impl MilterSession {
     pub fn new(shared: Shared) -> Self {
         MilterSession {
             shared,
+            granted: Granted::ALL,
             session: Session::default(),
             peer: "unknown".to_owned(),
             message: Message::default(),
@@ -110,11 +113,20 @@ impl MilterSession {
         };
         let verdict = decision::decide(&policy.rules, &session, &self.message.tally, &allowlist);
         self.shared.stats.count_verdict(&verdict);
-        let answer = if allowlist.is_empty() {
+        let wanted = if allowlist.is_empty() {
             outcome::answer_before_relays_known(&policy, &verdict)
         } else {
             outcome::answer(&policy, &verdict)
         };
+        let answer = outcome::within(self.granted, wanted.clone(), &verdict);
+        if answer != wanted {
+            tracing::warn!(
+                client = %self.peer,
+                configured = wanted.action().map_or("accept", MilterAction::name),
+                instead = answer.action().map_or("accept", MilterAction::name),
+                "milter: the MTA did not grant what the configured action needs (SMFIF_QUARANTINE, SMFIF_ADDHDRS/CHGHDRS)"
+            );
+        }
         self.log(&verdict, &answer);
         self.message.decided = Some(answer.clone());
         answer
@@ -230,8 +242,16 @@ impl Milter for MilterSession {
                 | (NO_REPLY & theirs.protocol),
             ..OptNeg::default()
         };
-        ours.merge_compatible(&theirs)
-            .map_err(|error| ProtocolError::CompatibilityError(error).into())
+        let merged = ours
+            .merge_compatible(&theirs)
+            .map_err(ProtocolError::CompatibilityError)?;
+        self.granted = Granted {
+            quarantine: merged.capabilities.contains(Capability::SMFIF_QUARANTINE),
+            headers: merged
+                .capabilities
+                .contains(Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGHDRS),
+        };
+        Ok(merged)
     }
 
     async fn macro_(&mut self, macros: Macro) -> Result<(), Self::Error> {

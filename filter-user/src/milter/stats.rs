@@ -123,11 +123,17 @@ pub fn write(state_dir: &Path, status: &MilterStatus) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let target = path(state_dir);
-    let temporary = state_dir.join(format!(".{STATS_FILE}.tmp"));
+    let temporary = state_dir.join(crate::dns::state_file::unique_temporary(STATS_FILE));
     let text = serde_json::to_string(status).context("encoding the milter counters")?;
-    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &target)
-        .with_context(|| format!("renaming to {}", target.display()))
+    std::fs::write(&temporary, text)
+        .with_context(|| format!("writing {}", temporary.display()))
+        .and_then(|()| {
+            std::fs::rename(&temporary, &target)
+                .with_context(|| format!("renaming to {}", target.display()))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temporary);
+        })
 }
 
 /// The last counters a daemon wrote under `state_dir`, if any.
