@@ -667,6 +667,12 @@ impl<R: Resolve> DnsEngine<R> {
 
     /// Reports the terms an SPF record has that the expander ignores, once per record.
     fn warn_ignored(&mut self, source: &Source, expansion: &Expansion) {
+        // Record names come from the zone: a zone that keeps renaming its includes must not
+        // grow this for ever (forgetting only means warning again).
+        const MAX_REMEMBERED: usize = 1024;
+        if self.warned_ignored.len() > MAX_REMEMBERED {
+            self.warned_ignored.clear();
+        }
         for (record, terms) in &expansion.ignored {
             if self.warned_ignored.insert(record.clone()) {
                 tracing::warn!(
