@@ -52,6 +52,55 @@ fn mxguard_with_dns(
     Daemon::spawn(command)
 }
 
+/// mxguard with `relay.mx.test` from DNS, keeping its pins when it stops (a restart takes over
+/// the maps an earlier run left), with `extra` flags.
+fn mxguard_keeping_pins(
+    lab: &MailLab,
+    dns: SocketAddr,
+    state_dir: &TempDir,
+    pins: &TestPins,
+    extra: &[&str],
+) -> Daemon {
+    let mut command = lab.server.command(mxguard_bin());
+    command
+        .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
+        .args(["--dns-server", &dns.to_string(), "--dns-timeout", "300ms"])
+        .args(["--state-dir", state_dir.arg()])
+        .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    Daemon::spawn(command)
+}
+
+/// Waits until a daemon started without a usable state file and without DNS has kept the
+/// allowlist in place, attached, and lived through its first failed lookup round.
+fn wait_kept_in_place_through_a_failed_lookup(daemon: &mut Daemon) {
+    daemon.wait_for(
+        "the allowlist kept in place",
+        Duration::from_secs(30),
+        |l| l.contains("keeping the allowlist in place"),
+    );
+    daemon.wait_for("the attach", Duration::from_secs(10), |l| {
+        l.contains("attached XDP filter")
+    });
+    // The first failed round must not take the kept entries away.
+    daemon.wait_for("a failed lookup", Duration::from_secs(10), |l| {
+        l.contains("DNS lookup failed")
+    });
+}
+
+/// Polls `done` for up to 10 s; panics naming `what` if it never holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A DNS server on the server namespace's loopback.
 fn dns_in_server(lab: &MailLab) -> (tokio::runtime::Runtime, TestDns) {
     dns_server::serve_in(&lab.server)
@@ -137,18 +186,9 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
     dns.set("relay.mx.test", &[&MailLab::RELAY.v4.to_string()], 60);
     let state_dir = TempDir::new("dns-lost");
     let pins = TestPins::new();
-    let dns_addr = dns.addr().to_string();
     // Both runs keep their pins: the second must take over the first one's maps.
-    let start = || {
-        let mut command = lab.server.command(mxguard_bin());
-        command
-            .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
-            .args(["--dns-server", &dns_addr, "--dns-timeout", "300ms"])
-            .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
-            .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
-            .env("RUST_LOG", "info");
-        Daemon::spawn(command)
-    };
+    let dns_addr = dns.addr();
+    let start = || mxguard_keeping_pins(&lab, dns_addr, &state_dir, &pins, &[]);
     let mut first = start();
     first.wait_for("enforcing", Duration::from_secs(30), |l| {
         l.contains("switching from MONITOR to enforcing")
@@ -176,16 +216,7 @@ fn a_lost_state_file_does_not_empty_the_pinned_allowlist() {
     std::fs::write(state_dir.0.join("dns-allowlist.json"), b"{ not json").unwrap();
     runtime.block_on(dns.stop());
     let mut second = start();
-    second.wait_for("the pinned allowlist kept", Duration::from_secs(30), |l| {
-        l.contains("keeping the allowlist in place")
-    });
-    second.wait_for("the attach", Duration::from_secs(10), |l| {
-        l.contains("attached XDP filter")
-    });
-    // The first failed round must not take the kept entries away.
-    second.wait_for("a failed lookup", Duration::from_secs(10), |l| {
-        l.contains("DNS lookup failed")
-    });
+    wait_kept_in_place_through_a_failed_lookup(&mut second);
     connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &second);
     times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &second);
     assert!(
@@ -209,18 +240,8 @@ fn a_pinned_allowlist_kept_for_a_lost_state_file_still_passes_the_guards() {
     dns.set("relay.mx.test", &[&relay, &direct], 60);
     let state_dir = TempDir::new("dns-lost-guarded");
     let pins = TestPins::new();
-    let dns_addr = dns.addr().to_string();
-    let start = |extra: &[&str]| {
-        let mut command = lab.server.command(mxguard_bin());
-        command
-            .args(["run", "--iface", "eth0", "--allow-host", "relay.mx.test"])
-            .args(["--dns-server", &dns_addr, "--dns-timeout", "300ms"])
-            .args(["--state-dir", state_dir.0.to_str().expect("UTF-8 path")])
-            .args(["--stats-interval", "0", "--pin-dir", pins.arg()])
-            .args(extra)
-            .env("RUST_LOG", "info");
-        Daemon::spawn(command)
-    };
+    let dns_addr = dns.addr();
+    let start = |extra: &[&str]| mxguard_keeping_pins(&lab, dns_addr, &state_dir, &pins, extra);
     let mut first = start(&[]);
     first.wait_for("enforcing", Duration::from_secs(30), |l| {
         l.contains("switching from MONITOR to enforcing")
@@ -232,15 +253,7 @@ fn a_pinned_allowlist_kept_for_a_lost_state_file_still_passes_the_guards() {
     runtime.block_on(dns.stop());
     let within = format!("{relay}/32");
     let mut second = start(&["--dns-allow-within", &within]);
-    second.wait_for("the pinned allowlist kept", Duration::from_secs(30), |l| {
-        l.contains("keeping the allowlist in place")
-    });
-    second.wait_for("the attach", Duration::from_secs(10), |l| {
-        l.contains("attached XDP filter")
-    });
-    second.wait_for("a failed lookup", Duration::from_secs(10), |l| {
-        l.contains("DNS lookup failed")
-    });
+    wait_kept_in_place_through_a_failed_lookup(&mut second);
     let log = second.log();
     assert!(
         log.contains("allowlist entries in place refused by a guard") && log.contains(&direct),
@@ -295,15 +308,9 @@ fn reloads_remove_a_dropped_name_and_keep_the_allowlist_when_dns_is_down() {
             .find(|l| l.starts_with("mxguard_dns_source_entries") && l.contains(old))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while entries_of_old() != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "old.mx.test never showed 1 entry: {:?}",
-            entries_of_old()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("old.mx.test's one entry in the metrics", || {
+        entries_of_old() == Some(1.0)
+    });
     connects(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
 
     write_config("\"relay.mx.test\"");
@@ -312,15 +319,10 @@ fn reloads_remove_a_dropped_name_and_keep_the_allowlist_when_dns_is_down() {
     daemon.wait_for("the reload", Duration::from_secs(10), |l| {
         l.contains("configuration reloaded")
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while entries_of_old() != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a removed source must not keep reporting its entries: {:?}",
-            entries_of_old()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "0 entries for the removed source (not its last count)",
+        || entries_of_old() == Some(0.0),
+    );
     times_out(&lab.direct, addr(MailLab::SERVER.v4, 25), &daemon);
     connects(&lab.relay, addr(MailLab::SERVER.v4, 25), &daemon);
 
@@ -335,15 +337,9 @@ fn reloads_remove_a_dropped_name_and_keep_the_allowlist_when_dns_is_down() {
     ) + "allow = [\"198.51.100.0/24\"]\n";
     std::fs::write(&config, text).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while daemon.log().matches("DNS lookup failed").count() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed lookup after the second reload:\n{}",
-            daemon.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("a failed lookup after the second reload", || {
+        daemon.log().contains("DNS lookup failed")
+    });
     assert_eq!(
         daemon.log().matches("configuration reloaded").count(),
         2,
