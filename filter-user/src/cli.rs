@@ -472,6 +472,13 @@ impl RunArgs {
             bail!("no port to protect: give at least one port from 1 to 65535");
         }
 
+        if self.reject_rate == 0 {
+            bail!("--reject-rate must be at least 1 (for no RSTs at all, use --action drop)");
+        }
+        if self.stats_interval.0 > MAX_DNS_DURATION {
+            bail!("--stats-interval may be at most a year (0 turns the summary off)");
+        }
+
         let mut allow: BTreeSet<Cidr> = self.allow.iter().copied().collect();
         for path in &self.allow_file {
             let text = std::fs::read_to_string(path)
@@ -759,6 +766,12 @@ mod tests {
         );
         assert!(plan_error(&["--iface", "lo", "--port", "smtp"]).contains("not a port number"));
         assert!(plan_error(&["--iface", "lo", "--port", ""]).contains("empty port"));
+        assert!(plan_error(&["--iface", "lo", "--reject-rate", "0"]).contains("at least 1"));
+        assert!(
+            plan_error(&["--iface", "lo", "--stats-interval", "400000000h"])
+                .contains("at most a year"),
+            "an interval past the clock's range is refused, not a panic later"
+        );
     }
 
     #[test]

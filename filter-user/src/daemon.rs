@@ -271,21 +271,26 @@ fn reconfigure(
     let replacement = (new.allow != running.allow || new.dns != running.dns)
         .then(|| AllowSources::start(&new, &filter.allowlist.entries()?))
         .transpose()?;
-    filter.maps.ports.set(&new.ports, &running.ports)?;
-    filter
-        .maps
-        .settings
-        .set_reject_rate(new.options.reject_rate)?;
-    enforcer.reconfigure(filter, new.action)?;
+    // The allowlist first, so the new ports and action apply to the new entries (a reload
+    // from monitor to drop that also adds a relay never drops it). Add-before-remove holds
+    // across the switch: sync adds the new set's entries first.
     let initial = match replacement {
         Some((initial, replacement)) => {
-            // Add-before-remove holds across the switch: sync adds the new set's entries first.
             enforcer.apply(filter, &initial)?;
             std::mem::replace(sources, replacement).stop();
             Some(initial)
         }
         None => None,
     };
+    // Against what the map holds, not the old plan: an earlier reload may have failed after
+    // writing some ports.
+    let in_place = filter.maps.ports.read()?;
+    filter.maps.ports.set(&new.ports, &in_place)?;
+    filter
+        .maps
+        .settings
+        .set_reject_rate(new.options.reject_rate)?;
+    enforcer.reconfigure(filter, new.action, new.options.strict)?;
     // The milter takes the new policy only once the filter has: a reload refused above
     // leaves it as it was too.
     reconfigure_milter(milter, &new, initial.as_ref());

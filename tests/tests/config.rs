@@ -230,3 +230,43 @@ fn sighup_applies_a_good_config_and_rejects_a_bad_one() {
     });
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_reload_from_monitor_to_drop_waits_for_a_first_address() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let _smtp = lab.server.listen(25);
+    // A name no DNS server answers for (nothing listens on the server's port 9), and no
+    // state file: the allowlist stays empty.
+    let state = ConfigFile::new("");
+    let text = |action: &str| {
+        format!(
+            "iface = [\"eth0\"]\naction = \"{action}\"\nallow-host = [\"relay.mx.test\"]\n\
+             dns-server = [\"127.0.0.1:9\"]\ndns-timeout = \"300ms\"\nstate-dir = \"{}\"\n",
+            state.dir.display()
+        )
+    };
+    let config = ConfigFile::new(&text("monitor"));
+    let mut command = lab.server.command(mxguard_bin());
+    command.args(["run", "--config", &config.arg(), "--pin-dir", pins.arg()]);
+    command.args(["--stats-interval", "0", "--detach-on-exit"]);
+    let mut daemon = Daemon::spawn(command);
+    daemon.wait_for("attach", Duration::from_secs(30), |l| {
+        l.contains("attached XDP filter")
+    });
+    config.write(&text("drop"));
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.wait_for("reload", Duration::from_secs(5), |l| {
+        l.contains("configuration reloaded")
+    });
+    let status = status_json(&lab.server, pins.arg(), &[]);
+    assert_eq!(
+        status["action"], "monitor",
+        "an empty allowlist must not turn into drop-everything on a reload: {status:#}"
+    );
+    lab.direct
+        .connect(smtp(25), Duration::from_secs(3))
+        .expect("port 25 still passes while nothing is allowlisted");
+    assert!(daemon.stop().success());
+}

@@ -993,6 +993,8 @@ pub struct Enforcer {
     action: Action,
     /// The action to enforce once the allowlist holds something.
     configured: Action,
+    /// The map held nothing after the last sync.
+    empty: bool,
 }
 
 impl Enforcer {
@@ -1011,7 +1013,19 @@ impl Enforcer {
         for cidr in &change.removed {
             tracing::info!(%cidr, "allowlist: removed");
         }
-        let action = if !wanted.is_empty() || configured == Action::Monitor {
+        let action = Self::first_action(wanted.is_empty(), configured, strict);
+        filter.maps.settings.set_action(action)?;
+        Ok(Enforcer {
+            action,
+            configured,
+            empty: wanted.is_empty(),
+        })
+    }
+
+    /// The action to start with: the configured one, or monitor while the allowlist is empty
+    /// (unless `strict`), so an empty start never denies every SYN.
+    fn first_action(empty: bool, configured: Action, strict: bool) -> Action {
+        if !empty || configured == Action::Monitor {
             configured
         } else if strict {
             tracing::warn!(
@@ -1026,9 +1040,7 @@ impl Enforcer {
                  but passed) until it holds an address; use --strict to enforce from the start"
             );
             Action::Monitor
-        };
-        filter.maps.settings.set_action(action)?;
-        Ok(Enforcer { action, configured })
+        }
     }
 
     /// The action in force.
@@ -1036,15 +1048,21 @@ impl Enforcer {
         self.action
     }
 
-    /// A reload changed the configured action: it takes effect now, unless the start-up
-    /// monitor mode is still waiting for a first address (then it takes effect with it).
-    pub fn reconfigure(&mut self, filter: &mut Filter, configured: Action) -> anyhow::Result<()> {
-        let waiting_for_first_address = self.action != self.configured;
-        self.configured = configured;
-        if !waiting_for_first_address || configured == Action::Monitor {
-            filter.maps.settings.set_action(configured)?;
-            self.action = configured;
+    /// A reload set the configured action: it takes effect now, with the start-up rule: while
+    /// the allowlist is empty it waits in monitor mode for a first address (unless `strict`),
+    /// also when the running action was monitor by configuration.
+    pub fn reconfigure(
+        &mut self,
+        filter: &mut Filter,
+        configured: Action,
+        strict: bool,
+    ) -> anyhow::Result<()> {
+        let action = Self::first_action(self.empty, configured, strict);
+        if action != self.action {
+            filter.maps.settings.set_action(action)?;
         }
+        self.action = action;
+        self.configured = configured;
         Ok(())
     }
 
@@ -1057,6 +1075,7 @@ impl Enforcer {
         wanted: &BTreeSet<Cidr>,
     ) -> anyhow::Result<AllowlistChange> {
         let change = filter.allowlist.sync(wanted)?;
+        self.empty = wanted.is_empty();
         if !change.is_empty() {
             tracing::info!(
                 added = %list(&change.added),
