@@ -201,10 +201,13 @@ impl Allowlist {
 
     /// Removes one prefix; removing an absent prefix is not an error.
     pub fn disallow(&mut self, cidr: &Cidr) -> anyhow::Result<()> {
-        self.tries.remove(cidr)?;
-        // After the trie: a block's mask and bits only lose what no remaining prefix covers.
+        // The block mask (which decides long IPv4 prefixes) before the trie (the record): if
+        // the mask write fails, the trie still lists the prefix, so the next sync tries
+        // again; the reverse order could leave an address allowed that no record shows. A
+        // block's mask and bits only lose what no remaining prefix covers.
         let (fam, addr, len) = block_key(cidr);
         self.remove_mask(fam, addr, len)?;
+        self.tries.remove(cidr)?;
         self.fast_path.remove(fam, addr, len);
         Ok(())
     }

@@ -81,7 +81,12 @@ impl BlockMasks {
         if !self.prefixes.remove(&(addr, len)) {
             return Ok(());
         }
-        self.store(block_of(addr))
+        let result = self.store(block_of(addr));
+        if result.is_err() {
+            // The map still holds the old mask: keep the record, so a retry writes it again.
+            self.prefixes.insert((addr, len));
+        }
+        result
     }
 
     /// Writes the mask of `block` as the prefixes now imply it (deletes it when empty).

@@ -138,6 +138,12 @@ pub async fn run(
     let mut metrics_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut milter_tick = milter_status_ticker();
+    // An allowlist the map could not be brought to (a map write failed halfway): retried on
+    // this tick until it takes, or until a newer one replaces it. Without it a list of static
+    // prefixes alone would never be retried.
+    let mut unsynced: Option<BTreeSet<crate::cidr::Cidr>> = None;
+    let mut sync_retry = tokio::time::interval(SYNC_RETRY);
+    sync_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signal_name = loop {
         tokio::select! {
             _ = sigint.recv() => break "SIGINT",
@@ -162,9 +168,22 @@ pub async fn run(
                     }
                 }
             }
+            _ = sync_retry.tick(), if unsynced.is_some() => {
+                let wanted = unsynced.take().expect("guarded");
+                match enforcer.apply(&mut filter, &wanted) {
+                    Ok(_) => tracing::info!(entries = wanted.len(), "allowlist map update retried: done"),
+                    Err(error) => {
+                        tracing::error!("updating the allowlist failed again (retrying in {SYNC_RETRY:?}): {error:#}");
+                        unsynced = Some(wanted);
+                    }
+                }
+            }
             update = sources.next_update() => {
+                unsynced = None;
                 if let Err(error) = enforcer.apply(&mut filter, &update.wanted) {
-                    tracing::error!("updating the allowlist failed: {error:#}");
+                    tracing::error!("updating the allowlist failed (retrying in {SYNC_RETRY:?}): {error:#}");
+                    unsynced = Some(update.wanted.clone());
+                    sync_retry.reset();
                 }
                 if let Some(milter) = &mut milter {
                     milter.set_allowlist(&update.wanted);
@@ -397,6 +416,9 @@ fn milter_status_ticker() -> tokio::time::Interval {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
 }
+
+/// How soon an allowlist update that failed halfway is tried again.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn log_milter_counters(milter: Option<&MilterHandle>) {
     if let Some(milter) = milter {
