@@ -70,6 +70,11 @@ pub async fn run(
     let pins_outlive_us = check_persistence(&pins, &plan)?;
     // Maps pinned by an earlier run are reused: allowlist, ports and counters carry over.
     let mut filter = Filter::load_pinned(&pins)?;
+    // A start that cannot take over the pinned links must fail before it changes the maps
+    // those links' program reads.
+    filter
+        .links
+        .check_pinned_modes(&plan.options.iface, plan.mode)?;
     let previous_ports = filter.maps.ports.read()?;
     // Maps are filled before any attach, so a fresh interface is never filtered with an
     // empty allowlist, and an adopted one switches program with its data already in place.

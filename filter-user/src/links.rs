@@ -165,18 +165,7 @@ impl Links {
             return Ok((attached, AttachOutcome::Attached));
         };
 
-        if !matches!(
-            (mode, existing.mode),
-            (AttachMode::Auto, _)
-                | (AttachMode::Native, AttachedMode::Native)
-                | (AttachMode::Generic, AttachedMode::Generic)
-        ) {
-            bail!(
-                "{iface} is already filtered in {} mode (pinned at {}); changing to {mode:?} needs `mxguard detach --iface {iface}` first",
-                existing.mode,
-                existing.path.display()
-            );
-        }
+        check_mode(iface, mode, &existing)?;
         let pinned = PinnedLink::from_pin(&existing.path)
             .with_context(|| format!("opening the pinned XDP link {}", existing.path.display()))?;
         let link =
@@ -277,6 +266,28 @@ impl Links {
     /// Attaches to every interface through pinned links, all or nothing for fresh attachments:
     /// on a failure the ones this call attached fresh are detached again (adopted links keep
     /// filtering) before the error is returned.
+    /// Refuses, before anything is written, a start whose mode differs from a live pinned
+    /// link's on one of `ifaces`: the attach would fail after the maps (which that link's
+    /// program reads) had already been changed.
+    pub fn check_pinned_modes(&self, ifaces: &[String], mode: AttachMode) -> anyhow::Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let links = pins.links()?;
+        for iface in ifaces {
+            let existing = links
+                .iter()
+                .filter(|link| &link.iface == iface)
+                .max_by_key(|link| link.version);
+            if let Some(existing) = existing
+                && !matches!(pinned_link_ifindex(&existing.path), Ok(0))
+            {
+                check_mode(iface, mode, existing)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn attach_all_pinned(
         &mut self,
         program: &mut Xdp,
@@ -745,4 +756,21 @@ fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let stat =
         nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
     Ok(stat.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// A pinned link is taken over only in the mode it was attached in (or with `auto`).
+fn check_mode(iface: &str, mode: AttachMode, existing: &PinnedLinkEntry) -> anyhow::Result<()> {
+    if !matches!(
+        (mode, existing.mode),
+        (AttachMode::Auto, _)
+            | (AttachMode::Native, AttachedMode::Native)
+            | (AttachMode::Generic, AttachedMode::Generic)
+    ) {
+        bail!(
+            "{iface} is already filtered in {} mode (pinned at {}); changing to {mode:?} needs `mxguard detach --iface {iface}` first",
+            existing.mode,
+            existing.path.display()
+        );
+    }
+    Ok(())
 }

@@ -433,3 +433,47 @@ fn pins_private_to_a_mount_namespace_are_refused_unless_confirmed() {
         "the filter on private pins ended with the daemon, as the log said"
     );
 }
+
+#[test]
+fn a_start_in_another_mode_than_the_pinned_link_fails_before_changing_the_maps() {
+    let lab = MailLab::new();
+    let pins = TestPins::new();
+    let mut first = start(&lab, &pins);
+    let attached = first.wait_for("the mode", Duration::from_secs(5), |l| {
+        l.contains("attached XDP filter")
+    });
+    // The pinned link stays enforcing after the daemon.
+    assert!(first.stop().success());
+    let other_mode = if attached.contains("native") {
+        "generic"
+    } else {
+        "native"
+    };
+
+    let mut command = lab.server.command(mxguard_bin());
+    command
+        .args(["run", "--iface", "eth0", "--mode", other_mode])
+        .args([
+            "--allow",
+            "192.0.2.66",
+            "--port",
+            "2525",
+            "--action",
+            "monitor",
+        ])
+        .args(["--pin-dir", pins.arg(), "--stats-interval", "0"]);
+    let mut second = Daemon::spawn(command);
+    let exit = second.wait_exit(Duration::from_secs(20));
+    let log = second.log();
+    assert!(!exit.success(), "a mode change needs a detach first: {log}");
+    assert!(log.contains("mxguard detach --iface eth0"), "{log}");
+
+    let status = status_json(&lab, &pins);
+    assert_eq!(
+        status["allowlist"],
+        serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"]),
+        "the refused start left the pinned allowlist as it was"
+    );
+    assert_eq!(status["ports"], serde_json::json!([25]), "ports untouched");
+    assert_eq!(status["action"], "drop", "action untouched");
+}
