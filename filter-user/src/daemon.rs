@@ -292,15 +292,23 @@ fn reconfigure(
 ) -> anyhow::Result<RunPlan> {
     crate::config::check_reloadable(running, &new)?;
     // Build the new sources before touching anything, so a failure leaves all as it was.
+    let in_place = filter.allowlist.entries()?;
     let replacement = (new.allow != running.allow || new.dns != running.dns)
-        .then(|| AllowSources::start(&new, &filter.allowlist.entries()?))
+        .then(|| AllowSources::start(&new, &in_place))
         .transpose()?;
     // The allowlist first, so the new ports and action apply to the new entries (a reload
     // from monitor to drop that also adds a relay never drops it). Add-before-remove holds
     // across the switch: sync adds the new set's entries first.
     let initial = match replacement {
         Some((initial, replacement)) => {
-            enforcer.apply(filter, &initial)?;
+            if let Err(error) = enforcer.apply(filter, &initial) {
+                // Refused: back to the allowlist as it was, so nothing of the new one stays.
+                if let Err(undo) = enforcer.apply(filter, &in_place) {
+                    tracing::error!("restoring the allowlist after a failed reload: {undo:#}");
+                }
+                replacement.stop();
+                return Err(error);
+            }
             std::mem::replace(sources, replacement).stop();
             Some(initial)
         }
