@@ -316,8 +316,8 @@ fn reconfigure(
     };
     // Against what the map holds, not the old plan: an earlier reload may have failed after
     // writing some ports.
-    let in_place = filter.maps.ports.read()?;
-    filter.maps.ports.set(&new.ports, &in_place)?;
+    let ports_in_place = filter.maps.ports.read()?;
+    filter.maps.ports.set(&new.ports, &ports_in_place)?;
     filter
         .maps
         .settings

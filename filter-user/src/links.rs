@@ -263,9 +263,6 @@ impl Links {
             })
     }
 
-    /// Attaches to every interface through pinned links, all or nothing for fresh attachments:
-    /// on a failure the ones this call attached fresh are detached again (adopted links keep
-    /// filtering) before the error is returned.
     /// Refuses, before anything is written, a start whose mode differs from a live pinned
     /// link's on one of `ifaces`: the attach would fail after the maps (which that link's
     /// program reads) had already been changed.
@@ -288,6 +285,9 @@ impl Links {
         Ok(())
     }
 
+    /// Attaches to every interface through pinned links, all or nothing for fresh attachments:
+    /// on a failure the ones this call attached fresh are detached again (adopted links keep
+    /// filtering) before the error is returned.
     pub fn attach_all_pinned(
         &mut self,
         program: &mut Xdp,
