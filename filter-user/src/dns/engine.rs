@@ -300,11 +300,7 @@ impl<R: Resolve> DnsEngine<R> {
             by_guard.entry(*guard).or_default().push(*cidr);
         }
         for (guard, refused) in &by_guard {
-            *self
-                .stats
-                .refusals_by_guard
-                .entry(guard.label().into())
-                .or_default() += refused.len() as u64;
+            self.count_refusals(None, *guard, refused.len() as u64);
             tracing::warn!(
                 guard = guard.label(),
                 refused = %list(refused),
@@ -312,11 +308,7 @@ impl<R: Resolve> DnsEngine<R> {
             );
         }
         if let Some(found) = screened.over_cap {
-            *self
-                .stats
-                .refusals_by_guard
-                .entry(Guard::MaxPrefixes.label().into())
-                .or_default() += 1;
+            self.count_refusals(None, Guard::MaxPrefixes, 1);
             tracing::warn!(
                 guard = Guard::MaxPrefixes.label(),
                 found,
@@ -537,7 +529,7 @@ impl<R: Resolve> DnsEngine<R> {
         let failures_in_row = state.failures_in_row;
         self.set_source(&source, &to_cidrs(&addresses));
         if over_cap {
-            self.count_cap_refusal(&source);
+            self.count_refusals(Some(&source), Guard::MaxPrefixes, 1);
         }
         self.count_round(
             &source,
@@ -625,7 +617,7 @@ impl<R: Resolve> DnsEngine<R> {
         let failures_in_row = state.failures_in_row;
         self.set_source(&source, &prefixes);
         if over_cap {
-            self.count_cap_refusal(&source);
+            self.count_refusals(Some(&source), Guard::MaxPrefixes, 1);
         }
         let failures = done
             .failure
@@ -701,19 +693,9 @@ impl<R: Resolve> DnsEngine<R> {
         if screened.over_cap.is_some() {
             by_guard.entry(Guard::MaxPrefixes).or_default();
         }
-        let stats = self.stats.sources.entry(source.clone()).or_default();
         for (guard, refused) in &by_guard {
             // The cap refuses one answer, the others one prefix each.
-            let count = refused.len().max(1) as u64;
-            *stats
-                .refusals_by_guard
-                .entry(guard.label().into())
-                .or_default() += count;
-            *self
-                .stats
-                .refusals_by_guard
-                .entry(guard.label().into())
-                .or_default() += count;
+            self.count_refusals(Some(source), *guard, refused.len().max(1) as u64);
             if *guard != Guard::MaxPrefixes {
                 tracing::warn!(
                     %source,
@@ -790,16 +772,18 @@ impl<R: Resolve> DnsEngine<R> {
             .entries = cidrs.len() as u64;
     }
 
-    /// Counts a merged set refused for the cap, as `screen` counts a refused answer.
-    fn count_cap_refusal(&mut self, source: &Source) {
-        let label = Guard::MaxPrefixes.label();
-        let stats = self.stats.sources.entry(source.clone()).or_default();
-        *stats.refusals_by_guard.entry(label.into()).or_default() += 1;
+    /// Counts `count` refusals by `guard` in the totals and, for a source, in its own.
+    fn count_refusals(&mut self, source: Option<&Source>, guard: Guard, count: u64) {
+        let label = guard.label();
+        if let Some(source) = source {
+            let stats = self.stats.sources.entry(source.clone()).or_default();
+            *stats.refusals_by_guard.entry(label.into()).or_default() += count;
+        }
         *self
             .stats
             .refusals_by_guard
             .entry(label.into())
-            .or_default() += 1;
+            .or_default() += count;
     }
 
     /// Counts one lookup round of `source` and its failures, in the totals and per source.
