@@ -19,6 +19,7 @@ pub mod notify;
 pub mod program;
 pub mod samples;
 pub mod status;
+pub mod temporary;
 
 /// The XDP program, built by `build.rs` (aya-build) and embedded so `mxguard` is one file.
 pub static BPF_OBJECT: &[u8] =

@@ -118,7 +118,7 @@ impl StateFile {
         fs::create_dir_all(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
         let text = render(saved)?;
-        let temp = dir.join(unique_temporary(Self::FILE_NAME));
+        let temp = dir.join(crate::temporary::unique_name(Self::FILE_NAME));
         let write = || -> anyhow::Result<()> {
             let mut file =
                 File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
@@ -190,16 +190,6 @@ fn parse(text: &str) -> anyhow::Result<Saved> {
         spf.insert(text.parse()?, state);
     }
     Ok(Saved { names, spf })
-}
-
-/// `.NAME.PID.N.tmp`: a temporary file no other writer uses, so two writes that overlap (an
-/// engine replaced by a reload still saving, a last write at shutdown) never share one; each
-/// renames its own complete file over the target.
-pub fn unique_temporary(name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(".{name}.{}.{n}.tmp", std::process::id())
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub fn write(state_dir: &Path, status: &MilterStatus) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let target = path(state_dir);
-    let temporary = state_dir.join(crate::dns::state_file::unique_temporary(STATS_FILE));
+    let temporary = state_dir.join(crate::temporary::unique_name(STATS_FILE));
     let text = serde_json::to_string(status).context("encoding the milter counters")?;
     std::fs::write(&temporary, text)
         .with_context(|| format!("writing {}", temporary.display()))
