@@ -138,6 +138,18 @@ impl Drop for ConnectLoops {
     }
 }
 
+/// The pinned filter is still the one `start` set up: its allowlist, port 25 and drop.
+fn assert_filter_of_start_untouched(lab: &MailLab, pins: &TestPins, why: &str) {
+    let status = status_json(lab, pins);
+    assert_eq!(
+        status["allowlist"],
+        serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"]),
+        "{why}"
+    );
+    assert_eq!(status["ports"], serde_json::json!([25]), "ports untouched");
+    assert_eq!(status["action"], "drop", "action untouched");
+}
+
 fn status_json(lab: &MailLab, pins: &TestPins) -> serde_json::Value {
     test_kit::process::status_json(&lab.server, pins.arg(), &[])
 }
@@ -311,14 +323,7 @@ fn a_second_daemon_on_the_same_pins_exits_naming_the_first_and_changes_nothing()
         "the error names the first daemon and the pin directory: {log}"
     );
 
-    let status = status_json(&lab, &pins);
-    assert_eq!(
-        status["allowlist"],
-        serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"]),
-        "the first daemon's allowlist is untouched"
-    );
-    assert_eq!(status["ports"], serde_json::json!([25]), "ports untouched");
-    assert_eq!(status["action"], "drop", "action untouched");
+    assert_filter_of_start_untouched(&lab, &pins, "the first daemon's allowlist is untouched");
     assert!(
         first.log().matches("attached XDP filter").count() == 1,
         "the first daemon kept running undisturbed: {}",
@@ -468,12 +473,9 @@ fn a_start_in_another_mode_than_the_pinned_link_fails_before_changing_the_maps()
     assert!(!exit.success(), "a mode change needs a detach first: {log}");
     assert!(log.contains("mxguard detach --iface eth0"), "{log}");
 
-    let status = status_json(&lab, &pins);
-    assert_eq!(
-        status["allowlist"],
-        serde_json::json!(["192.0.2.10/32", "2001:db8::10/128"]),
-        "the refused start left the pinned allowlist as it was"
+    assert_filter_of_start_untouched(
+        &lab,
+        &pins,
+        "the refused start left the pinned allowlist as it was",
     );
-    assert_eq!(status["ports"], serde_json::json!([25]), "ports untouched");
-    assert_eq!(status["action"], "drop", "action untouched");
 }
